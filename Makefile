@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine:
+#   make demo   pretrain MAE on the shipped CIFAR-10 sample, then draw reconstructions
+#   make test   run the test suite
+# Each creates its own virtual environment in .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEMO   ?= runs/demo
+
+.PHONY: demo test lint format clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m mimkit pretrain --config mae_vit_tiny_cifar_demo --data examples/cifar10-mini/train --out $(DEMO)
+	$(PY) -m mimkit visualize --checkpoint $(DEMO)/checkpoint-last.pth \
+		--images examples/cifar10-mini/test --num-images 8 --out $(DEMO)/reconstructions.png
+	@echo "pictures: $(DEMO)/reconstructions.png $(DEMO)/loss.png"
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
