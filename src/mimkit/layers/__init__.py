@@ -1,0 +1,5 @@
+"""Layers timm does not have. Everything else comes from timm."""
+
+from .pos_embed import get_2d_sincos_pos_embed
+
+__all__ = ["get_2d_sincos_pos_embed"]

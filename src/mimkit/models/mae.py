@@ -1,0 +1,228 @@
+"""Masked Autoencoder (He et al., 2021) as the official ``models_mae.MaskedAutoencoderViT``.
+
+The encoder *is* the ViT (subclass), so parameter names are the official ones and an
+official checkpoint loads with ``model.load_state_dict(ckpt['model'])``.
+forward = encoder on visible patches -> light decoder with mask tokens -> loss on removed patches.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from timm.models import checkpoint_seq
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .. import masking as M
+from ..layers import get_2d_sincos_pos_embed
+from .registry import register_model
+from .vit import ENCODER_KEYS, VIT_SIZES, LayerNorm6, VisionTransformer
+
+
+class MAEOutput(NamedTuple):
+    loss: torch.Tensor  # scalar
+    pred: torch.Tensor  # (N, L, p*p*3), normalised-pixel space when norm_pix_loss
+    mask: torch.Tensor  # (N, L), 0 keep, 1 remove
+
+
+class MaskedAutoencoder(VisionTransformer):
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        norm_pix_loss: bool = False,
+        mask_ratio: float = 0.75,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            num_classes=0,
+            global_pool="token",
+            pos_embed="sincos",
+            drop_path_rate=drop_path_rate,
+            weight_init="skip",  # official MAE init below
+        )
+        self.norm_pix_loss = norm_pix_loss
+        self.mask_ratio = mask_ratio
+        num_patches = self.patch_embed.num_patches
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            Block(
+                decoder_embed_dim,
+                decoder_num_heads,
+                mlp_ratio,
+                qkv_bias=True,
+                norm_layer=LayerNorm6,
+            )
+            for _ in range(decoder_depth)
+        )
+        self.decoder_norm = LayerNorm6(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        self.decoder_num_heads = decoder_num_heads
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """As the official code: sin-cos tables, xavier for linears and the patch
+        projection (viewed as a linear), normal(0.02) for cls and mask tokens."""
+        self.reset_pos_embed()
+        table = get_2d_sincos_pos_embed(self.decoder_pos_embed.shape[-1], self.grid_size, True)
+        self.decoder_pos_embed.data.copy_(table.unsqueeze(0))
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(_init_linear_and_norm)
+
+    def arch_config(self) -> dict:
+        cfg = {k: v for k, v in super().arch_config().items() if k in ENCODER_KEYS}
+        return cfg | dict(
+            decoder_embed_dim=self.decoder_embed.out_features,
+            decoder_depth=len(self.decoder_blocks),
+            decoder_num_heads=self.decoder_num_heads,
+            norm_pix_loss=self.norm_pix_loss,
+            mask_ratio=self.mask_ratio,
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "mask_token", "decoder_pos_embed"}
+
+    def _run_blocks(self, blocks: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(blocks, x)
+        for blk in blocks:
+            x = blk(x)
+        return x
+
+    def forward_encoder(
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, M.Masking]:
+        """imgs: (N, 3, H, W) -> latent (N, 1 + L_keep, D), masking."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        if noise is None:
+            noise = torch.rand(x.shape[0], x.shape[1], device=x.device)
+        m = M.random_masking(noise, mask_ratio)
+        x = M.gather_tokens(x, m.ids_keep)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = self.norm(self._run_blocks(self.blocks, x))
+        return x, m
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """latent: (N, 1 + L_keep, D), ids_restore: (N, L) -> pred (N, L, p*p*3)."""
+        x = self.decoder_embed(latent)
+        tokens = M.restore_with_tokens(x[:, 1:], self.mask_token, ids_restore)
+        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
+        x = self.decoder_norm(self._run_blocks(self.decoder_blocks, x))
+        return self.decoder_pred(x)[:, 1:, :]
+
+    def target(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Pixel targets (N, L, p*p*3), per-patch normalised when ``norm_pix_loss``."""
+        target = M.patchify(imgs, self.patch_size)
+        return M.normalize_patches(target) if self.norm_pix_loss else target
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
+        return M.masked_mse(pred, self.target(imgs), mask)
+
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+    ) -> MAEOutput:
+        """imgs: (N, 3, H, W); noise: (N, L) decides the mask as in the official code."""
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        latent, m = self.forward_encoder(imgs, ratio, noise)
+        pred = self.forward_decoder(latent, m.ids_restore)
+        return MAEOutput(self.forward_loss(imgs, pred, m.mask), pred, m.mask)
+
+
+def _init_linear_and_norm(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def _mae(size: str, patch: int, decoder=(512, 8, 16), **overrides) -> MaskedAutoencoder:
+    dim, depth, heads = VIT_SIZES[size]
+    ddim, ddepth, dheads = decoder
+    args = dict(
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        patch_size=patch,
+        decoder_embed_dim=ddim,
+        decoder_depth=ddepth,
+        decoder_num_heads=dheads,
+    )
+    args.update(overrides)
+    return MaskedAutoencoder(**args)
+
+
+@register_model
+def mae_vit(**kw):
+    """Any MAE by explicit arguments."""
+    return MaskedAutoencoder(**kw)
+
+
+@register_model
+def mae_vit_tiny_patch16(**kw):
+    return _mae("tiny", 16, **kw)
+
+
+@register_model
+def mae_vit_small_patch16(**kw):
+    return _mae("small", 16, **kw)
+
+
+@register_model
+def mae_vit_base_patch16(**kw):
+    return _mae("base", 16, **kw)
+
+
+@register_model
+def mae_vit_large_patch16(**kw):
+    return _mae("large", 16, **kw)
+
+
+@register_model
+def mae_vit_huge_patch14(**kw):
+    return _mae("huge", 14, **kw)
+
+
+@register_model
+def mae_vit_tiny_cifar(**kw):
+    """ViT-Tiny encoder on 32 px / 4 px patches with a 192-wide, 4-block decoder."""
+    return _mae("tiny", 4, decoder=(192, 4, 3), **{"img_size": 32, **kw})
+
+
+for _fn in (
+    mae_vit,
+    mae_vit_tiny_patch16,
+    mae_vit_small_patch16,
+    mae_vit_base_patch16,
+    mae_vit_large_patch16,
+    mae_vit_huge_patch14,
+    mae_vit_tiny_cifar,
+):
+    _fn.model_cls = MaskedAutoencoder

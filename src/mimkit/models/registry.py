@@ -1,0 +1,56 @@
+"""Model registry: ``create_model(name, **overrides)`` and ``list_models(pattern)``.
+
+Each registered function returns a model and records how it was built in
+``model.model_name`` / ``model.model_args`` so checkpoints can rebuild it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+from ..errors import UserError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    if fn.__name__ in _MODELS:
+        raise RuntimeError(f"model {fn.__name__} registered twice")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model; ``overrides`` replace the variant's defaults.
+
+    >>> m = create_model("mae_vit_tiny_cifar", norm_pix_loss=True)
+    """
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, _MODELS, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `mimkit models`"
+        raise UserError(f"unknown model '{name}': {hint}")
+    fn = _MODELS[name]
+    try:
+        model = fn(**overrides)
+    except TypeError as e:  # unknown keyword: say which and what is allowed
+        allowed = _allowed_args(fn)
+        raise UserError(f"model '{name}': {e} (accepted: {', '.join(allowed)})") from None
+    model.model_name = name
+    model.model_args = dict(overrides)
+    return model
+
+
+def _allowed_args(fn: Callable) -> list[str]:
+    target = getattr(fn, "model_cls", None)
+    params = inspect.signature(target.__init__ if target else fn).parameters
+    return [p for p in params if p not in ("self", "kwargs", "args")]

@@ -1,0 +1,204 @@
+"""Vision Transformer encoder on timm's ``VisionTransformer``, with MAE's conventions.
+
+Key names equal the official MAE / timm layout (``cls_token``, ``pos_embed``,
+``patch_embed.proj``, ``blocks.N``, ``norm`` or ``fc_norm`` + ``head``), so their
+checkpoints load as they are. The backbone contract (timm's) is inherited:
+``forward_features``, ``forward_head(pre_logits=...)``, ``no_weight_decay``,
+``num_features``, ``group_matcher`` (per-block groups for layer-wise lr decay).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import VisionTransformer as _TimmViT
+from torch import nn
+
+from ..errors import UserError
+from ..layers import get_2d_sincos_pos_embed
+from .registry import register_model
+
+# Sizes users know: (embed_dim, depth, num_heads)
+VIT_SIZES = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+# Default heads for an embed dim, used when a checkpoint does not say (official files).
+HEADS_FOR_DIM = {d: h for d, _, h in VIT_SIZES.values()}
+
+LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
+
+
+def check_img_size(img_size: int, patch_size: int) -> None:
+    if img_size % patch_size:
+        raise UserError(
+            f"image size {img_size} is not divisible by patch size {patch_size}: "
+            f"set data.img_size to a multiple of {patch_size}"
+        )
+
+
+class VisionTransformer(_TimmViT):
+    """timm ViT with LayerNorm eps 1e-6 and an optional fixed 2-D sin-cos ``pos_embed``.
+
+    ``pos_embed='sincos'`` keeps the table frozen (MAE pretraining); ``'learn'`` makes it a
+    trainable parameter (fine-tuning, as the official ``models_vit``). ``global_pool='avg'``
+    gives ``fc_norm`` + ``head`` with ``norm`` = Identity, the MAE fine-tuned layout.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 0,
+        global_pool: str = "token",
+        pos_embed: str = "learn",
+        drop_path_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        weight_init: str = "",
+        **kwargs,
+    ):
+        check_img_size(img_size, patch_size)
+        if embed_dim % num_heads:
+            raise UserError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if pos_embed not in ("learn", "sincos"):
+            raise UserError(f"pos_embed must be 'learn' or 'sincos', got '{pos_embed}'")
+        super().__init__(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            global_pool=global_pool,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=True,
+            norm_layer=LayerNorm6,
+            drop_path_rate=drop_path_rate,
+            drop_rate=drop_rate,
+            weight_init=weight_init,
+            **kwargs,
+        )
+        self.patch_size = patch_size
+        self.depth = depth
+        self.num_heads = num_heads
+        self.pos_embed_type = pos_embed
+        if pos_embed == "sincos":
+            self.pos_embed.requires_grad_(False)
+            self.reset_pos_embed()
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.patch_embed.grid_size)
+
+    def reset_pos_embed(self) -> None:
+        table = get_2d_sincos_pos_embed(self.embed_dim, self.grid_size, cls_token=True)
+        with torch.no_grad():
+            self.pos_embed.copy_(table.unsqueeze(0))
+
+    def arch_config(self) -> dict:
+        """Constructor arguments that rebuild this model (saved in checkpoints)."""
+        return dict(
+            img_size=self.patch_embed.img_size[0],
+            patch_size=self.patch_size,
+            in_chans=self.in_chans,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.blocks[0].mlp.fc1.out_features / self.embed_dim,
+            num_classes=self.num_classes,
+            global_pool=self.global_pool,
+            pos_embed=self.pos_embed_type,
+        )
+
+    def layer_id(self, param_name: str) -> int:
+        """Layer index for layer-wise lr decay, as MAE's ``get_layer_id_for_vit``:
+        embeddings 0, block i -> i + 1, everything after the blocks depth + 1."""
+        if param_name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token")):
+            return 0
+        if param_name.startswith("blocks."):
+            return int(param_name.split(".")[1]) + 1
+        return self.depth + 1
+
+
+def _vit(size: str, patch: int, **overrides) -> VisionTransformer:
+    dim, depth, heads = VIT_SIZES[size]
+    args = dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch)
+    args.update(overrides)
+    return VisionTransformer(**args)
+
+
+@register_model
+def vit(**kw) -> VisionTransformer:
+    """Any ViT by explicit arguments (embed_dim, depth, num_heads, patch_size, img_size, ...)."""
+    return VisionTransformer(**kw)
+
+
+vit.model_cls = VisionTransformer
+
+
+@register_model
+def vit_tiny_patch16(**kw):
+    return _vit("tiny", 16, **kw)
+
+
+@register_model
+def vit_small_patch16(**kw):
+    return _vit("small", 16, **kw)
+
+
+@register_model
+def vit_base_patch16(**kw):
+    return _vit("base", 16, **kw)
+
+
+@register_model
+def vit_large_patch16(**kw):
+    return _vit("large", 16, **kw)
+
+
+@register_model
+def vit_huge_patch14(**kw):
+    return _vit("huge", 14, **kw)
+
+
+@register_model
+def vit_tiny_cifar(**kw):
+    """ViT-Tiny for 32 px images with 4 px patches (8 x 8 tokens)."""
+    return _vit("tiny", 4, **{"img_size": 32, **kw})
+
+
+for _fn in (
+    vit_tiny_patch16,
+    vit_small_patch16,
+    vit_base_patch16,
+    vit_large_patch16,
+    vit_huge_patch14,
+    vit_tiny_cifar,
+):
+    _fn.model_cls = VisionTransformer
+
+
+ENCODER_KEYS = (
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+)
+
+
+def encoder_args(args: dict) -> dict:
+    """The ViT-encoder subset of a model's arguments (e.g. of an MAE's)."""
+    return {k: v for k, v in args.items() if k in ENCODER_KEYS}

@@ -1,0 +1,45 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+CIFAR_MINI = ROOT / "examples" / "cifar10-mini"
+
+# A tiny MAE for fast CLI/engine tests (32 px, 4 px patches, 1+1 blocks of width 32).
+TINY_MAE = [
+    "model.name=mae_vit_tiny_cifar",
+    "model.args.embed_dim=32",
+    "model.args.depth=1",
+    "model.args.num_heads=2",
+    "model.args.decoder_embed_dim=32",
+    "model.args.decoder_depth=1",
+    "model.args.decoder_num_heads=2",
+    "data.img_size=32",
+    "data.num_workers=0",
+    "train.tensorboard=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _threads_and_seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """64 real CIFAR-10 JPEGs in 4 class folders (16 each)."""
+    out = tmp_path / "images"
+    for cls in ("airplane", "cat", "ship", "truck"):
+        (out / cls).mkdir(parents=True)
+        for f in sorted((CIFAR_MINI / "train" / cls).iterdir())[:16]:
+            shutil.copy(f, out / cls / f.name)
+    return out
+
+
+@pytest.fixture
+def reference():
+    return torch.load(FIXTURES / "mae_reference_tiny.pt", weights_only=False)
