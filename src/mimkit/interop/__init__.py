@@ -1,0 +1,1 @@
+"""Weights in and out: official MAE, timm and mimkit checkpoints."""

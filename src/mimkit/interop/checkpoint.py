@@ -1,0 +1,345 @@
+"""Read weights from any supported file and load them into a model with one clear report.
+
+Accepted: official MAE files (``{'model': sd}``: encoder-only pretrain, full/visualize,
+fine-tuned), mimkit checkpoints (same ``model`` key plus metadata), timm-layout state
+dicts, bare state dicts, ``.pth``/``.pt``/``.bin`` and ``.safetensors``. DDP
+(``module.``) and torch.compile (``_orig_mod.``) prefixes are stripped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from ..errors import UserError
+
+log = logging.getLogger("mimkit")
+
+_PREFIXES = ("module.", "_orig_mod.")
+_DECODER = re.compile(r"^(decoder_|mask_token)")
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)  # model_name, model_args, epoch, config, ...
+    path: str = "<memory>"
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a file into a plain state dict + metadata. Raises UserError with the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    obj = _torch_load(path)
+    sd, meta = _extract(obj, path)
+    return Checkpoint(_strip_prefixes(sd), meta, str(path))
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        sd = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            raw = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types
+        raise UserError(
+            f"cannot read {path}: {e} (the file is corrupt or not safetensors)"
+        ) from None
+    meta = {k: _maybe_json(v) for k, v in raw.items()}
+    return Checkpoint(_strip_prefixes(sd), meta, str(path))
+
+
+def _maybe_json(value: str):
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+
+
+def _torch_load(path: Path):
+    try:
+        # Official MAE training checkpoints carry an argparse.Namespace ('args').
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        log.warning(
+            "%s holds Python objects beyond tensors; loading it with "
+            "weights_only=False (only load files you trust)",
+            path,
+        )
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"cannot read checkpoint {path}: {msg} (corrupt or truncated file?)"
+        ) from None
+
+
+def _extract(obj, path: Path) -> tuple[dict, dict]:
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+    for key in ("model", "state_dict", "model_state_dict", "module"):
+        if isinstance(obj.get(key), dict):
+            meta = {k: v for k, v in obj.items() if k in _META_KEYS}
+            return obj[key], meta
+    if obj and all(torch.is_tensor(v) for v in obj.values()):
+        return obj, {}
+    raise UserError(
+        f"{path} has no state dict: expected a 'model' or 'state_dict' entry "
+        f"(found keys: {', '.join(list(obj)[:8])})"
+    )
+
+
+_META_KEYS = ("model_name", "model_args", "epoch", "step", "config", "mimkit_version", "task")
+
+
+def _strip_prefixes(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        for p in _PREFIXES:
+            while k.startswith(p):
+                k = k[len(p) :]
+        out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------- architecture
+
+
+def infer_vit_args(sd: dict[str, torch.Tensor]) -> dict:
+    """ViT (and MAE decoder) constructor arguments read off tensor shapes.
+
+    The number of heads is not in the shapes: the usual value for the width is used
+    (tiny 3, small 6, base 12, large/huge 16; decoder 16), as official files need.
+    """
+    from ..models.vit import HEADS_FOR_DIM
+
+    if "patch_embed.proj.weight" not in sd:
+        raise UserError("not a ViT checkpoint: no 'patch_embed.proj.weight'")
+    dim, in_chans, p, _ = sd["patch_embed.proj.weight"].shape
+    depth = _count_blocks(sd, "blocks.")
+    args = dict(
+        embed_dim=dim,
+        depth=depth,
+        patch_size=p,
+        in_chans=in_chans,
+        num_heads=HEADS_FOR_DIM.get(dim, max(1, dim // 64)),
+        mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+    )
+    if "pos_embed" in sd:
+        grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5))
+        args["img_size"] = grid * p
+    if "decoder_embed.weight" in sd:
+        args.update(
+            decoder_embed_dim=sd["decoder_embed.weight"].shape[0],
+            decoder_depth=_count_blocks(sd, "decoder_blocks."),
+            decoder_num_heads=16,
+        )
+    if "fc_norm.weight" in sd:
+        args["global_pool"] = "avg"
+    if "head.weight" in sd:
+        args["num_classes"] = sd["head.weight"].shape[0]
+    return args
+
+
+def _count_blocks(sd: dict, prefix: str) -> int:
+    ids = {int(k[len(prefix) :].split(".")[0]) for k in sd if k.startswith(prefix)}
+    return max(ids) + 1 if ids else 0
+
+
+def describe_mismatch(src: dict, dst: dict) -> list[str]:
+    """Human-readable differences between two argument dicts (checkpoint vs model)."""
+    names = {
+        "embed_dim": "embed dim",
+        "depth": "depth",
+        "patch_size": "patch size",
+        "in_chans": "input channels",
+        "decoder_embed_dim": "decoder dim",
+        "decoder_depth": "decoder depth",
+    }
+    return [
+        f"{label} {src[k]} in checkpoint vs {dst[k]} in model"
+        for k, label in names.items()
+        if k in src and k in dst and src[k] != dst[k]
+    ]
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadReport:
+    path: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # decoder keys into an encoder
+    reshaped: list[str] = field(default_factory=list)  # e.g. pos_embed 14x14 -> 16x16
+    dropped: list[str] = field(default_factory=list)  # head of another class count
+
+    def __str__(self) -> str:
+        parts = [f"loaded {self.loaded} tensors from {self.path}"]
+        if self.reshaped:
+            parts.append("resized " + ", ".join(self.reshaped))
+        if self.ignored:
+            parts.append(f"ignored {len(self.ignored)} decoder tensors")
+        if self.dropped:
+            parts.append("new (shape differs): " + _short(self.dropped))
+        if self.missing:
+            parts.append("missing (left as initialised): " + _short(self.missing))
+        if self.unexpected:
+            parts.append("unexpected (not used): " + _short(self.unexpected))
+        return "; ".join(parts)
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_checkpoint(
+    model: nn.Module, source: str | Path | Checkpoint, strict: bool = False
+) -> LoadReport:
+    """Load weights into ``model`` from a file (or a ``Checkpoint``) and report what happened.
+
+    Position embeddings are interpolated bicubically when the grid differs (as the
+    official ``interpolate_pos_embed``); decoder weights are ignored by an encoder;
+    a classifier head of another size is left new. ``strict=True`` raises on any
+    missing or unexpected key.
+    """
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
+    report = LoadReport(ckpt.path)
+    sd = adapt_state_dict(dict(ckpt.state_dict), model, report)
+    result = model.load_state_dict(sd, strict=False)
+    report.missing = [k for k in result.missing_keys if k not in report.dropped]
+    report.unexpected = list(result.unexpected_keys)
+    report.loaded = len(sd) - len(report.unexpected)
+    if strict and (report.missing or report.unexpected or report.dropped):
+        raise UserError(f"checkpoint does not match the model exactly: {report}")
+    log.info("%s", report)
+    return report
+
+
+def adapt_state_dict(sd: dict, model: nn.Module, report: LoadReport) -> dict:
+    """Make ``sd`` fit ``model``: architecture check, decoder filter, grid and head shapes."""
+    own = model.state_dict()
+    _check_architecture(sd, model, report.path)
+    if not any(k.startswith("decoder_") for k in own):
+        report.ignored = [k for k in sd if _DECODER.match(k)]
+        sd = {k: v for k, v in sd.items() if not _DECODER.match(k)}
+    for key, value in list(sd.items()):
+        if key not in own or own[key].shape == value.shape:
+            continue
+        if key.endswith("pos_embed") and value.ndim == 3:
+            sd[key] = _resize_pos_embed(value, own[key])
+            report.reshaped.append(f"{key} {_grid(value)} -> {_grid(own[key])}")
+        elif resized := _resize_other(key, value, own[key], model):
+            sd[key] = resized
+            report.reshaped.append(f"{key} {tuple(value.shape)} -> {tuple(own[key].shape)}")
+        elif key.startswith("head."):
+            report.dropped.append(key)
+            del sd[key]
+        else:
+            raise UserError(
+                f"{report.path}: '{key}' has shape {tuple(value.shape)} in the checkpoint "
+                f"but {tuple(own[key].shape)} in the model"
+            )
+    return sd
+
+
+def _resize_other(key, value, target, model):
+    """Hook for tensors whose size follows the input (relative-position tables)."""
+    fn = getattr(model, "resize_checkpoint_tensor", None)
+    return fn(key, value, target) if fn else None
+
+
+def _check_architecture(sd: dict, model: nn.Module, path: str) -> None:
+    if "patch_embed.proj.weight" not in sd or not hasattr(model, "arch_config"):
+        return
+    src = infer_vit_args(sd)
+    dst = model.arch_config()
+    diffs = describe_mismatch(src, dst)
+    if diffs:
+        raise UserError(f"{path} is another architecture: {'; '.join(diffs)}")
+
+
+def _grid(pos: torch.Tensor) -> str:
+    n = int(round((pos.shape[1] - 1) ** 0.5))
+    return f"{n}x{n}"
+
+
+def _resize_pos_embed(pos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(1, 1 + h*w, D) -> (1, 1 + H*W, D), bicubic, cls entry kept (official behaviour)."""
+    old = int(round((pos.shape[1] - 1) ** 0.5))
+    new = int(round((target.shape[1] - 1) ** 0.5))
+    return resample_abs_pos_embed(
+        pos,
+        new_size=[new, new],
+        old_size=[old, old],
+        num_prefix_tokens=1,
+        interpolation="bicubic",
+        antialias=False,
+    )
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def is_mae_checkpoint(ckpt: Checkpoint) -> bool:
+    return "decoder_embed.weight" in ckpt.state_dict
+
+
+def model_from_checkpoint(
+    source, kind: str = "encoder", **overrides
+) -> tuple[nn.Module, LoadReport]:
+    """Build the model a checkpoint describes and load its weights.
+
+    kind='mae': the full masked autoencoder (needs the decoder: mimkit pretrain
+    checkpoints or official *visualize* files). kind='encoder': the ViT backbone, from
+    any ViT/MAE file. Architecture comes from mimkit metadata when present, else from
+    tensor shapes (official files). ``overrides`` go to ``create_model``.
+    """
+    from ..models import create_model
+    from ..models.vit import encoder_args
+
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
+    name, args = ckpt.meta.get("model_name"), dict(ckpt.meta.get("model_args") or {})
+    if not name:
+        name, args = _infer_name_args(ckpt, kind)
+    if kind == "mae":
+        if not is_mae_checkpoint(ckpt):
+            raise UserError(
+                f"{ckpt.path} has no decoder (an encoder-only or fine-tuned file); "
+                "reconstructions need a full MAE checkpoint (mimkit pretrain output or an "
+                "official *_visualize_* file)"
+            )
+        model = create_model(name, **{**args, **overrides})
+    elif kind == "encoder":
+        if name.startswith("mae") or is_mae_checkpoint(ckpt):
+            name, args = "vit", encoder_args(args)
+        model = create_model(name, **{**args, **overrides})
+    else:
+        raise ValueError(f"kind must be 'mae' or 'encoder', got {kind!r}")
+    report = load_checkpoint(model, ckpt)
+    return model, report
+
+
+def _infer_name_args(ckpt: Checkpoint, kind: str) -> tuple[str, dict]:
+    args = infer_vit_args(ckpt.state_dict)
+    if kind == "mae" and is_mae_checkpoint(ckpt):
+        return "mae_vit", {k: v for k, v in args.items() if k not in ("global_pool", "num_classes")}
+    return "vit", args
