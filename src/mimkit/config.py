@@ -1,0 +1,201 @@
+"""Configuration: dataclass schema <- preset YAML <- ``key=value`` overrides.
+
+Only the CLI and this module read configuration; everything below takes explicit,
+typed arguments. The resolved config is saved in the run folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mae_vit_base_patch16"
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    drop_path: float = 0.0
+    args: dict[str, Any] = field(default_factory=dict)  # extra create_model(...) overrides
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # folder of images (searched recursively), or root of file_list
+    file_list: str | None = None  # text file of paths relative to `path` (EasyCV style)
+    img_size: int = 224
+    crop_min_scale: float = 0.2
+    hflip: bool = True
+    batch_size: int = 64  # per process
+    num_workers: int = 8
+
+
+@dataclass
+class OptimConfig:
+    blr: float = 1.5e-4  # lr = blr * effective batch / 256
+    lr: float | None = None  # absolute lr; overrides blr when set
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_epochs: float = 40.0
+    clip_grad: float | None = None
+    accum_iter: int = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 800
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    log_every: int = 50  # steps between loss logs (the only host-device sync)
+    save_every: int = 20  # epochs between numbered checkpoints (last is saved each epoch)
+    compile: bool = False
+    grad_checkpointing: bool = False
+    tensorboard: bool = True  # when the tensorboard package is installed
+    max_steps: int | None = None  # stop early (smoke runs)
+
+
+@dataclass
+class Config:
+    task: str = "pretrain"
+    name: str | None = None  # run name; default: preset name
+    out: str | None = None  # run folder; default: runs/<name>
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_CHOICES = {
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "task": ("pretrain",),
+}
+
+
+def preset_dir():
+    return resources.files("mimkit") / "configs"
+
+
+def list_presets() -> list[str]:
+    return sorted(
+        p.name[: -len(".yaml")] for p in preset_dir().iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def preset_path(name: str) -> Path:
+    """A packaged preset name or a path to a YAML file."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise UserError(f"config file not found: {name}")
+        return p
+    candidate = preset_dir() / f"{name}.yaml"
+    if not candidate.is_file():
+        close = difflib.get_close_matches(name, list_presets(), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `mimkit configs`"
+        raise UserError(f"unknown preset '{name}': {hint}")
+    return Path(str(candidate))
+
+
+def load_config(
+    preset: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: DictConfig | dict | None = None,
+    schema: type = Config,
+) -> Config:
+    """Resolve schema defaults <- base (e.g. a resumed run) <- preset <- overrides."""
+    try:
+        layers = [OmegaConf.structured(schema)]
+        if base is not None:
+            layers.append(OmegaConf.create(base))
+        if preset:
+            layers.append(OmegaConf.load(preset_path(preset)))
+        layers.append(_parse_overrides(overrides))
+        cfg = OmegaConf.merge(*layers)
+        if cfg.name is None and preset:
+            cfg.name = Path(preset).stem
+        obj = OmegaConf.to_object(cfg)
+    except ConfigKeyError as e:
+        raise UserError(_unknown_key_message(e, schema)) from None
+    except ValidationError as e:
+        raise UserError(_validation_message(e)) from None
+    except OmegaConfBaseException as e:
+        raise UserError(f"config error: {str(e).splitlines()[0]}") from None
+    validate(obj)
+    return obj
+
+
+def _parse_overrides(overrides) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"override '{item}' is not key=value (e.g. train.epochs=10)")
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def _unknown_key_message(e: ConfigKeyError, schema: type) -> str:
+    key = e.full_key or str(e.key)
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.structured(schema)
+    if parent:
+        node = OmegaConf.select(node, parent)
+    valid = list(node.keys()) if isinstance(node, DictConfig) else []
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+    return f"unknown config key '{key}' {hint}".strip() + (
+        f" (valid under '{parent or 'top level'}': {', '.join(valid)})" if not close else ""
+    )
+
+
+def _validation_message(e: ValidationError) -> str:
+    first = str(e).splitlines()[0]
+    return f"config key '{e.full_key}': {first}"
+
+
+def validate(cfg: Config) -> None:
+    """Checks OmegaConf's types cannot express; each error names the key."""
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        if value not in choices:
+            raise UserError(
+                f"config key '{key}' must be one of {', '.join(choices)}, got '{value}'"
+            )
+    if not 0.0 <= cfg.model.mask_ratio < 1.0:
+        raise UserError(
+            f"config key 'model.mask_ratio' must be in [0, 1), got {cfg.model.mask_ratio}"
+        )
+    positive = {
+        "data.batch_size": cfg.data.batch_size,
+        "data.img_size": cfg.data.img_size,
+        "optim.accum_iter": cfg.optim.accum_iter,
+        "train.log_every": cfg.train.log_every,
+        "train.save_every": cfg.train.save_every,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"config key '{key}' must be at least 1, got {value}")
+    if cfg.train.epochs < 0 or cfg.data.num_workers < 0:
+        raise UserError("config keys 'train.epochs' and 'data.num_workers' must not be negative")
+    if not 0.0 < cfg.data.crop_min_scale <= 1.0:
+        raise UserError(
+            f"config key 'data.crop_min_scale' must be in (0, 1], got {cfg.data.crop_min_scale}"
+        )
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+__all__ = ["MISSING", "Config", "load_config", "list_presets", "to_yaml", "to_dict"]
