@@ -1,0 +1,72 @@
+"""Run-folder logging: JSONL lines, optional TensorBoard, console messages. Rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+from . import distributed as dist
+
+log = logging.getLogger("mimkit")
+
+
+def setup_console(level: int = logging.INFO) -> None:
+    """Messages to stderr as 'mimkit: ...' on rank 0; warnings only on other ranks."""
+    if log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mimkit: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level if dist.is_main() else logging.WARNING)
+    log.propagate = False
+
+
+class RunLogger:
+    """Appends one JSON object per line to ``log.jsonl``; mirrors scalars to TensorBoard."""
+
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True):
+        self.enabled = dist.is_main()
+        self.path = Path(out_dir) / "log.jsonl"
+        self.tb = None
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(out_dir) / "tb"))
+            except ImportError:  # tensorboard not installed: JSONL only
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+        if self.tb is not None and "step" in record:
+            kind = record.get("kind", "train")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "time", "epoch"):
+                    self.tb.add_scalar(f"{kind}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _jsonable(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return str(x)
+
+
+def read_log(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

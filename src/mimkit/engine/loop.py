@@ -1,0 +1,332 @@
+"""The one training loop. Tasks (pretrain, classify, detect) only turn a batch into a
+dict of losses; everything else (precision, accumulation, schedule, clipping, logging,
+checkpoints, resume, DDP) happens here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .. import __version__
+from ..errors import NonFiniteLossError, UserError
+from . import distributed as dist
+from . import precision as P
+from .checkpoint import atomic_save, load_training_state, rng_state, set_rng_state
+from .logging import RunLogger
+from .optim import set_lr
+from .schedule import warmup_cosine
+
+log = logging.getLogger("mimkit")
+
+
+class Task(Protocol):
+    def training_step(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """Return at least {'loss': scalar}; other entries are logged."""
+
+    def evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """Optional: metrics after an epoch (called on every rank)."""
+
+
+@dataclass
+class LoopConfig:
+    epochs: int
+    base_lr: float
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    accum_iter: int = 1
+    clip_grad: float | None = None
+    precision: str = "fp32"
+    log_every: int = 50
+    save_every: int = 20
+    max_steps: int | None = None
+    monitor: str | None = None  # metric that selects checkpoint-best.pth (higher is better)
+    eval_every: int = 1
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # next epoch to run
+    step: int = 0  # optimizer steps taken
+    best: float = -math.inf
+    bad_images: set[str] = field(default_factory=set)
+
+
+class Trainer:
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader,
+        device: torch.device,
+        loop: LoopConfig,
+        out_dir: str | Path,
+        meta: dict | None = None,
+        logger: RunLogger | None = None,
+    ):
+        self.task, self.model, self.optimizer, self.loader = task, model, optimizer, loader
+        self.device, self.cfg, self.out_dir = device, loop, Path(out_dir)
+        self.meta = meta or {}  # saved in checkpoints: config, model_name, model_args, task
+        self.logger = logger or RunLogger(out_dir)
+        self.scaler = P.grad_scaler(loop.precision, device)
+        self.state = TrainState()
+        steps = len(loader) // loop.accum_iter * loop.accum_iter
+        if steps == 0:
+            raise UserError(
+                f"an epoch has no full batch: {len(loader.sampler)} images per process, batch size "
+                f"{loader.batch_size} x accum_iter {loop.accum_iter}; lower --batch-size"
+            )
+        self.micro_steps = steps  # micro-batches per epoch (a multiple of accum_iter)
+
+    # ------------------------------------------------------------------ public
+    def resume(self, path: str | Path) -> None:
+        """Restore model, optimizer, scaler, counters and RNG from a checkpoint."""
+        state = load_training_state(Path(path))
+        dist.unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.state.epoch = state["epoch"] + 1
+        self.state.step = state.get("step", 0)
+        self.state.best = state.get("best", -math.inf)
+        rngs = state.get("rng") or []
+        if len(rngs) == dist.world_size():
+            set_rng_state(rngs[dist.rank()])
+        else:
+            log.warning(
+                "checkpoint was written by %d processes, now %d: random streams restart",
+                len(rngs),
+                dist.world_size(),
+            )
+        log.info("resumed from %s at epoch %d (step %d)", path, self.state.epoch, self.state.step)
+
+    def fit(self) -> dict:
+        last = {}
+        for epoch in range(self.state.epoch, self.cfg.epochs):
+            last = self.train_one_epoch(epoch)
+            if self._should_eval(epoch):
+                last.update(self._evaluate(epoch))
+            self.state.epoch = epoch + 1
+            self._save(epoch, last)
+            self.logger.write(
+                {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **last}
+            )
+            log.info("epoch %d/%d  %s", epoch + 1, self.cfg.epochs, _fmt(last))
+            if self._out_of_steps():
+                break
+        self.logger.close()
+        return last
+
+    # ------------------------------------------------------------------ epoch
+    def train_one_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        window = _Window(self.device)
+        total = _Window(self.device)
+        bar = tqdm(
+            total=self.micro_steps,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            disable=None if dist.is_main() else True,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        t_wait = time.perf_counter()
+        for i, batch in enumerate(self.loader):
+            if i >= self.micro_steps or self._out_of_steps():
+                break
+            window.wait += time.perf_counter() - t_wait
+            self._note_bad(batch.pop("bad", []))
+            loss = self._micro_step(epoch, i, batch)
+            n = _batch_size(batch)
+            window.add(loss, n)
+            total.add(loss, n)
+            if (i + 1) % self.cfg.log_every == 0:
+                self._log_window(epoch, window, bar)
+            bar.update(1)
+            t_wait = time.perf_counter()
+        bar.close()
+        stats = {"loss": total.mean(), "lr": self.optimizer.param_groups[0]["lr"]}
+        self._check_finite(stats["loss"], epoch)
+        stats["skipped_images"] = self._gather_bad()
+        return stats
+
+    def _micro_step(self, epoch: int, i: int, batch: dict) -> torch.Tensor:
+        accum = self.cfg.accum_iter
+        if i % accum == 0:
+            frac = epoch + i / self.micro_steps
+            lr = warmup_cosine(
+                frac, self.cfg.base_lr, self.cfg.min_lr, self.cfg.warmup_epochs, self.cfg.epochs
+            )
+            set_lr(self.optimizer, lr)
+        batch = _to_device(batch, self.device)
+        sync = (i + 1) % accum == 0
+        with self._no_sync(not sync):
+            with P.autocast(self.cfg.precision, self.device):
+                out = self.task.training_step(self.model, batch)
+            loss = out["loss"]
+            self.scaler.scale(loss / accum).backward()
+        if sync:
+            self._optimizer_step()
+        return loss.detach()
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+
+    def _no_sync(self, skip_sync: bool):
+        if skip_sync and isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ logging
+    def _log_window(self, epoch: int, window: _Window, bar) -> None:
+        """The one host-device sync point: average the window's loss over all ranks."""
+        loss, n = window.reduce()
+        self._check_finite(loss, epoch)
+        elapsed = time.perf_counter() - window.start
+        record = {
+            "kind": "train",
+            "epoch": epoch + 1,
+            "step": self.state.step,
+            "loss": loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "img_s": n / max(elapsed, 1e-9),
+            "data_wait": window.wait / max(elapsed, 1e-9),
+        }
+        self.logger.write(record)
+        bar.set_postfix(
+            loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['img_s']:.0f}"
+        )
+        window.reset()
+
+    def _check_finite(self, loss: float, epoch: int) -> None:
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss} at epoch {epoch + 1}, step {self.state.step}; nothing was saved "
+                f"over the last good checkpoint in {self.out_dir}. Try a lower lr, "
+                "optim.clip_grad=1.0 or train.precision=fp32, then --resume"
+            )
+
+    def _note_bad(self, paths: list[str]) -> None:
+        for p in paths:
+            if p not in self.state.bad_images:
+                self.state.bad_images.add(p)
+                if len(self.state.bad_images) <= 5:
+                    log.warning("skipped unreadable image %s", p)
+
+    def _gather_bad(self) -> int:
+        bad = set().union(*dist.all_gather_object(sorted(self.state.bad_images)))
+        if bad and dist.is_main():
+            log.warning(
+                "%d unreadable images skipped so far (first: %s)",
+                len(bad),
+                ", ".join(sorted(bad)[:3]),
+            )
+        return len(bad)
+
+    # ------------------------------------------------------------------ eval/save
+    def _should_eval(self, epoch: int) -> bool:
+        last = epoch + 1 == self.cfg.epochs or self._out_of_steps()
+        has_eval = callable(getattr(self.task, "evaluate", None))
+        return has_eval and (last or (epoch + 1) % self.cfg.eval_every == 0)
+
+    def _evaluate(self, epoch: int) -> dict:
+        with P.autocast(self.cfg.precision, self.device):
+            return self.task.evaluate(self.model, epoch) or {}
+
+    def _out_of_steps(self) -> bool:
+        return self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
+
+    def _save(self, epoch: int, metrics: dict) -> None:
+        rngs = dist.all_gather_object(rng_state())
+        if not dist.is_main():
+            return
+        improved = self._improved(metrics)
+        state = {
+            "model": dist.unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "epoch": epoch,
+            "step": self.state.step,
+            "best": self.state.best,
+            "metrics": metrics,
+            "rng": rngs,
+            "mimkit_version": __version__,
+            **self.meta,
+        }
+        atomic_save(state, self.out_dir / "checkpoint-last.pth")
+        done = epoch + 1
+        if done % self.cfg.save_every == 0 or done == self.cfg.epochs:
+            atomic_save(state, self.out_dir / f"checkpoint-{done:04d}.pth")
+        if improved:
+            atomic_save(state, self.out_dir / "checkpoint-best.pth")
+
+    def _improved(self, metrics: dict) -> bool:
+        key = self.cfg.monitor
+        if not key or key not in metrics or metrics[key] <= self.state.best:
+            return False
+        self.state.best = metrics[key]
+        return True
+
+
+class _Window:
+    """Loss sum and image count kept on the device (no sync until ``reduce``)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(2, device=self.device, dtype=torch.float64)
+        self.start = time.perf_counter()
+        self.wait = 0.0
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        self.sums[0] += loss.double() * n
+        self.sums[1] += n
+
+    def reduce(self) -> tuple[float, float]:
+        s = dist.all_reduce_sum(self.sums.clone())
+        loss_sum, n = s.tolist()
+        return loss_sum / max(n, 1), n
+
+    def mean(self) -> float:
+        return self.reduce()[0]
+
+
+def _batch_size(batch) -> int:
+    x = batch["image"] if isinstance(batch, dict) else batch[0]
+    return len(x)
+
+
+def _to_device(batch, device: torch.device):
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _fmt(stats: dict) -> str:
+    return "  ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()
+    )
