@@ -1,0 +1,57 @@
+"""``mimkit <command>``: the edge where configuration is read.
+
+Below this package every function takes explicit, typed arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import NonFiniteLossError, UserError
+from . import info, pretrain, visualize
+
+COMMANDS = (pretrain, visualize, info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mimkit",
+        description="Masked image modeling: pretrain (MAE), look at reconstructions, "
+        "evaluate, transfer.",
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"mimkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after flags; argparse only takes one positional run
+    stray = [a for a in extra if "=" not in a or a.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"mimkit: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"mimkit: stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "mimkit: interrupted; continue a training run with --resume RUN_FOLDER", file=sys.stderr
+        )
+        return 130
+    finally:
+        from ..engine import distributed
+
+        distributed.shutdown()

@@ -1,0 +1,101 @@
+"""Flags shared by the training commands, and run-folder handling."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import config as C
+from ..engine import distributed as dist
+from ..engine.checkpoint import load_training_state, resume_path
+from ..errors import UserError
+
+
+def add_training_flags(p: argparse.ArgumentParser, default_preset: str) -> None:
+    p.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        help=f"preset name or YAML path (default: {default_preset}; see `mimkit configs`)",
+    )
+    p.add_argument("--data", help="image folder (searched recursively), or root for data.file_list")
+    p.add_argument("--out", help="run folder (default: runs/<name>)")
+    p.add_argument("--name", help="run name (default: the preset name)")
+    p.add_argument("--epochs", type=int, help="train.epochs")
+    p.add_argument("--batch-size", type=int, help="data.batch_size, per process")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (train.device)")
+    p.add_argument(
+        "--resume", metavar="PATH", help="continue exactly from a checkpoint file or a run folder"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. optim.blr=1e-3 model.mask_ratio=0.8",
+    )
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    pairs = {
+        "data.path": args.data,
+        "out": args.out,
+        "name": args.name,
+        "train.epochs": args.epochs,
+        "data.batch_size": args.batch_size,
+        "train.device": args.device,
+    }
+    return [f"{k}={_quote(v)}" for k, v in pairs.items() if v is not None]
+
+
+def _quote(v) -> str:
+    # OmegaConf parses values as YAML; quote strings so paths like "1e3" or "null" stay strings.
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    return str(v)
+
+
+def resolve_config(args, default_preset: str, schema=C.Config):
+    """Config from preset + flags + overrides; on --resume, the run's saved config is the base."""
+    base, resume = None, None
+    if args.resume:
+        resume = resume_path(args.resume)
+        base = load_training_state(resume).get("config")
+        if base is None:
+            raise UserError(f"{resume} holds no config; it was not written by mimkit")
+        if not args.out:
+            base["out"] = str(resume.parent)
+    preset = args.config or (None if base else default_preset)
+    cfg = C.load_config(preset, [*flag_overrides(args), *args.overrides], base=base, schema=schema)
+    return cfg, resume
+
+
+def prepare_run_dir(cfg, resuming: bool) -> Path:
+    """runs/<name> by default (numbered if taken); an explicit --out holding a run is refused
+    unless resuming, so a new run never overwrites another's checkpoints."""
+    if cfg.out:
+        out = Path(cfg.out)
+        if not resuming and (out / "checkpoint-last.pth").exists():
+            raise UserError(
+                f"{out} already holds a run: continue it with --resume {out}, "
+                "or choose another --out"
+            )
+    else:
+        out = _free_dir(Path("runs") / (cfg.name or cfg.task))
+    out = Path(dist.broadcast_object(str(out)))
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.out = str(out)
+        (out / "config.yaml").write_text(C.to_yaml(cfg))
+    dist.barrier()
+    cfg.out = str(out)
+    return out
+
+
+def _free_dir(path: Path) -> Path:
+    if not (path / "checkpoint-last.pth").exists():
+        return path
+    n = 2
+    while (path.parent / f"{path.name}-{n}" / "checkpoint-last.pth").exists():
+        n += 1
+    return path.parent / f"{path.name}-{n}"

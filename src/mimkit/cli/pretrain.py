@@ -1,0 +1,191 @@
+"""``mimkit pretrain``: masked image modeling from a folder of images to a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .. import config as C
+from ..data import (
+    EpochSampler,
+    ImageDataset,
+    build_loader,
+    collate,
+    open_source,
+    pretrain_transform,
+)
+from ..engine import distributed as dist
+from ..engine import precision as P
+from ..engine.logging import RunLogger, setup_console
+from ..engine.loop import LoopConfig, Trainer
+from ..engine.optim import adamw, weight_decay_groups
+from ..engine.schedule import effective_lr
+from ..errors import UserError
+from ..models import create_model
+from .common import add_training_flags, prepare_run_dir, resolve_config
+
+log = logging.getLogger("mimkit")
+
+
+class PretrainTask:
+    """Masked reconstruction: the model's forward returns (loss, pred, mask)."""
+
+    def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": model(batch["image"])[0]}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a backbone with masked image modeling (MAE)",
+        description="Pretrain with masked image modeling on a folder of images. Writes the "
+        "resolved config, log.jsonl, checkpoints, loss.png and reconstructions.png to the run "
+        "folder. Multi-GPU / multi-node: torchrun --nproc_per_node=N -m mimkit pretrain ...",
+    )
+    add_training_flags(p, default_preset="mae_vit_base_patch16")
+    p.set_defaults(func=cmd_pretrain)
+
+
+def cmd_pretrain(args) -> int:
+    cfg, resume = resolve_config(args, "mae_vit_base_patch16")
+    if args.dry_run:
+        print(C.to_yaml(cfg), end="")
+        return 0
+    run(cfg, resume)
+    return 0
+
+
+def build_model(cfg: C.Config):
+    args = dict(
+        img_size=cfg.data.img_size,
+        mask_ratio=cfg.model.mask_ratio,
+        norm_pix_loss=cfg.model.norm_pix_loss,
+        drop_path_rate=cfg.model.drop_path,
+    )
+    args.update(cfg.model.args)
+    return create_model(cfg.model.name, **args)
+
+
+def run(cfg: C.Config, resume: Path | None = None) -> Path:
+    """Everything a pretraining run does, from config to checkpoints and pictures."""
+    device = dist.resolve_device(cfg.train.device)
+    dist.init(device)
+    setup_console()
+    precision = P.resolve(cfg.train.precision, device)
+    source = open_source(cfg.data.path, cfg.data.file_list)  # fails before any model is built
+    per_rank = -(-len(source) // dist.world_size())
+    if per_rank < cfg.data.batch_size:
+        raise UserError(
+            f"{len(source)} images give {per_rank} per process, fewer than the batch "
+            f"size {cfg.data.batch_size}: lower --batch-size"
+        )
+    out = prepare_run_dir(cfg, resuming=resume is not None)
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    model = build_model(cfg).to(device)
+    if cfg.train.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    loader = _loader(cfg, source, device)
+    eff_batch = cfg.data.batch_size * cfg.optim.accum_iter * dist.world_size()
+    lr = effective_lr(cfg.optim.blr, cfg.optim.lr, eff_batch)
+    optimizer = adamw(
+        weight_decay_groups(model, cfg.optim.weight_decay), lr, cfg.optim.betas, device
+    )
+    log.info(
+        "%s: %d images, %.1fM parameters, %s %s, effective batch %d, lr %.3g -> %s",
+        cfg.model.name,
+        len(source),
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        device,
+        precision,
+        eff_batch,
+        lr,
+        out,
+    )
+    trainer = Trainer(
+        PretrainTask(),
+        _wrap(model, cfg, device),
+        optimizer,
+        loader,
+        device,
+        _loop_config(cfg, lr, precision),
+        out,
+        meta=_meta(cfg, model),
+        logger=RunLogger(out, cfg.train.tensorboard),
+    )
+    torch.manual_seed(cfg.train.seed + 1 + dist.rank())  # masking noise differs across ranks
+    if resume:
+        trainer.resume(resume)
+    trainer.fit()
+    if dist.is_main():
+        _pictures(model, source, out, cfg, device)
+    return out
+
+
+def _loader(cfg: C.Config, source, device):
+    transform = pretrain_transform(cfg.data.img_size, cfg.data.crop_min_scale, cfg.data.hflip)
+    sampler = EpochSampler(
+        len(source), shuffle=True, seed=cfg.train.seed, rank=dist.rank(), world=dist.world_size()
+    )
+    return build_loader(
+        ImageDataset(source, transform),
+        cfg.data.batch_size,
+        sampler,
+        cfg.data.num_workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate,
+    )
+
+
+def _wrap(model, cfg: C.Config, device):
+    if dist.world_size() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _loop_config(cfg: C.Config, lr: float, precision: str) -> LoopConfig:
+    return LoopConfig(
+        epochs=cfg.train.epochs,
+        base_lr=lr,
+        min_lr=cfg.optim.min_lr,
+        warmup_epochs=cfg.optim.warmup_epochs,
+        accum_iter=cfg.optim.accum_iter,
+        clip_grad=cfg.optim.clip_grad,
+        precision=precision,
+        log_every=cfg.train.log_every,
+        save_every=cfg.train.save_every,
+        max_steps=cfg.train.max_steps,
+    )
+
+
+def _meta(cfg: C.Config, model) -> dict:
+    return {
+        "config": C.to_dict(cfg),
+        "model_name": cfg.model.name,
+        "model_args": model.arch_config(),
+        "task": "pretrain",
+    }
+
+
+def _pictures(model, source, out: Path, cfg: C.Config, device) -> None:
+    """loss.png from the log; reconstructions.png of a few images spread over the data."""
+    from ..viz.curves import plot_curves
+    from .visualize import reconstruction_grid
+
+    plot_curves(out / "log.jsonl", out / "loss.png")
+    step = max(1, len(source) // 8)
+    paths = source.paths[::step][:8]
+    reconstruction_grid(
+        model,
+        paths,
+        out / "reconstructions.png",
+        cfg.model.mask_ratio,
+        seed=cfg.train.seed,
+        device=device,
+    )
+    log.info("pictures: %s, %s", out / "loss.png", out / "reconstructions.png")

@@ -1,0 +1,56 @@
+"""Training curves from a run's log.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..engine.logging import read_log
+
+
+def plot_curves(
+    log_path: str | Path, out_png: str | Path, keys: tuple[str, ...] = ("loss",)
+) -> Path | None:
+    """Loss (and lr) against optimizer step; per-epoch metrics in a second panel if any."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(log_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    if not train and not epochs:
+        return None
+    metric_keys = sorted({k for r in epochs for k in r if k.startswith(("val/", "acc"))})
+    fig, axes = plt.subplots(
+        1, 2 if metric_keys else 1, figsize=(11 if metric_keys else 6, 4), squeeze=False
+    )
+    ax = axes[0][0]
+    series = train or epochs
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in series if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    lr = [(r["step"], r["lr"]) for r in series if "lr" in r]
+    if lr:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*lr), color="tab:orange", alpha=0.5, label="lr")
+        ax2.set_ylabel("learning rate", color="tab:orange")
+    ax.legend(loc="upper right")
+    if metric_keys:
+        axm = axes[0][1]
+        for key in metric_keys:
+            pts = [(r["epoch"], r[key]) for r in epochs if isinstance(r.get(key), (int, float))]
+            if pts:
+                axm.plot(*zip(*pts), marker="o", label=key)
+        axm.set_xlabel("epoch")
+        axm.grid(alpha=0.3)
+        axm.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
