@@ -40,6 +40,42 @@ def image_folder(tmp_path) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def labeled_root(tmp_path_factory) -> Path:
+    """ROOT/train (4 classes x 16) and ROOT/val (4 classes x 8) real CIFAR-10 JPEGs."""
+    root = tmp_path_factory.mktemp("labeled")
+    for split, src, n in (("train", "train", 16), ("val", "test", 8)):
+        for cls in ("airplane", "cat", "ship", "truck"):
+            (root / split / cls).mkdir(parents=True)
+            for f in sorted((CIFAR_MINI / src / cls).iterdir())[:n]:
+                shutil.copy(f, root / split / cls / f.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_mae_ckpt(tmp_path_factory, labeled_root) -> Path:
+    """A mimkit MAE checkpoint from one short pretraining epoch on real images."""
+    from mimkit.cli import main
+
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(labeled_root / "train"),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            *TINY_MAE,
+        ]
+    )
+    assert code == 0
+    return out / "checkpoint-last.pth"
+
+
 @pytest.fixture
 def reference():
     return torch.load(FIXTURES / "mae_reference_tiny.pt", weights_only=False)

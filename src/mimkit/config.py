@@ -31,7 +31,8 @@ class ModelConfig:
 class DataConfig:
     path: str | None = None  # folder of images (searched recursively), or root of file_list
     file_list: str | None = None  # text file of paths relative to `path` (EasyCV style)
-    img_size: int = 224
+    val_list: str | None = None  # labeled evaluation: `path label` lines for the val split
+    img_size: int | None = None  # default: the model's input size
     crop_min_scale: float = 0.2
     hflip: bool = True
     batch_size: int = 64  # per process
@@ -65,6 +66,36 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    checkpoint: str | None = None  # backbone weights; 'none' = random init (for comparison)
+    pool: str = "cls"  # cls | avg: which features kNN / probe / Q-score read
+    knn_k: list[int] = field(default_factory=lambda: [10, 20, 200])
+    knn_temperature: float = 0.07
+    cache_dir: str | None = None  # feature cache; default ~/.cache/mimkit/features, 'none' = off
+    batch_size: int = 256  # per process, for feature extraction and validation
+
+
+@dataclass
+class LinprobeConfig:
+    optimizer: str = "lars"  # lars | sgd
+    augment: bool = False  # random resized crop + flip; the frozen encoder then runs each step
+    cache: bool = True  # without augmentation: train the head on features extracted once
+
+
+@dataclass
+class FinetuneConfig:
+    layer_decay: float = 0.75  # lr scale decay^(depth + 1 - layer)
+    trainable_blocks: int | None = None  # partial fine-tuning: train only the last k blocks
+    global_pool: str = "avg"  # avg (fc_norm, as MAE) | token
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    smoothing: float = 0.1
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    reprob: float = 0.25  # random erasing probability
+    head_init_std: float = 2e-5
+
+
+@dataclass
 class Config:
     task: str = "pretrain"
     name: str | None = None  # run name; default: preset name
@@ -73,11 +104,41 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    linprobe: LinprobeConfig = field(default_factory=LinprobeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 _CHOICES = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "task": ("pretrain",),
+    "task": ("pretrain", "knn", "linprobe", "finetune", "qscore"),
+    "eval.pool": ("cls", "avg"),
+    "linprobe.optimizer": ("lars", "sgd"),
+    "finetune.global_pool": ("avg", "token"),
+}
+
+# Each command's defaults, layered between the schema and the preset (official recipes:
+# MAE main_linprobe.py and main_finetune.py).
+TASK_DEFAULTS = {
+    "pretrain": {},
+    "knn": {},
+    "qscore": {},
+    "linprobe": {
+        "optim": {"blr": 0.1, "weight_decay": 0.0, "warmup_epochs": 10},
+        "train": {"epochs": 90, "save_every": 10},
+        "data": {"batch_size": 512},
+    },
+    "finetune": {
+        "model": {"drop_path": 0.1},
+        "optim": {
+            "blr": 1e-3,
+            "weight_decay": 0.05,
+            "warmup_epochs": 5,
+            "min_lr": 1e-6,
+            "betas": [0.9, 0.999],
+        },
+        "train": {"epochs": 50, "save_every": 10},
+    },
 }
 
 
@@ -111,10 +172,13 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     base: DictConfig | dict | None = None,
     schema: type = Config,
+    task: str | None = None,
 ) -> Config:
-    """Resolve schema defaults <- base (e.g. a resumed run) <- preset <- overrides."""
+    """Resolve schema defaults <- task defaults <- base (a resumed run) <- preset <- overrides."""
     try:
         layers = [OmegaConf.structured(schema)]
+        if task:
+            layers.append(OmegaConf.create({"task": task, **TASK_DEFAULTS[task]}))
         if base is not None:
             layers.append(OmegaConf.create(base))
         if preset:
@@ -174,7 +238,8 @@ def validate(cfg: Config) -> None:
         )
     positive = {
         "data.batch_size": cfg.data.batch_size,
-        "data.img_size": cfg.data.img_size,
+        "data.img_size": cfg.data.img_size or 1,
+        "eval.batch_size": cfg.eval.batch_size,
         "optim.accum_iter": cfg.optim.accum_iter,
         "train.log_every": cfg.train.log_every,
         "train.save_every": cfg.train.save_every,
@@ -184,6 +249,10 @@ def validate(cfg: Config) -> None:
             raise UserError(f"config key '{key}' must be at least 1, got {value}")
     if cfg.train.epochs < 0 or cfg.data.num_workers < 0:
         raise UserError("config keys 'train.epochs' and 'data.num_workers' must not be negative")
+    if any(k < 1 for k in cfg.eval.knn_k):
+        raise UserError(
+            f"config key 'eval.knn_k' must hold positive integers, got {cfg.eval.knn_k}"
+        )
     if not 0.0 < cfg.data.crop_min_scale <= 1.0:
         raise UserError(
             f"config key 'data.crop_min_scale' must be in (0, 1], got {cfg.data.crop_min_scale}"

@@ -9,9 +9,9 @@ import argparse
 import sys
 
 from ..errors import NonFiniteLossError, UserError
-from . import info, pretrain, visualize
+from . import evaluate, export, info, predict, pretrain, visualize
 
-COMMANDS = (pretrain, visualize, info)
+COMMANDS = (pretrain, visualize, evaluate, predict, export, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

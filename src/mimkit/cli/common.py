@@ -11,28 +11,35 @@ from ..engine.checkpoint import load_training_state, resume_path
 from ..errors import UserError
 
 
-def add_training_flags(p: argparse.ArgumentParser, default_preset: str) -> None:
+def add_training_flags(
+    p: argparse.ArgumentParser, default_preset: str | None, training: bool = True
+) -> None:
+    """Flags every configured command shares; ``training`` adds --epochs and --resume."""
+    default = f"default: {default_preset}; " if default_preset else ""
     p.add_argument(
         "--config",
         "-c",
         default=None,
-        help=f"preset name or YAML path (default: {default_preset}; see `mimkit configs`)",
+        help=f"preset name or YAML path ({default}see `mimkit configs`)",
     )
-    p.add_argument("--data", help="image folder (searched recursively), or root for data.file_list")
+    p.add_argument("--data", help="image folder, or ROOT with train/ and val/ class folders")
     p.add_argument("--out", help="run folder (default: runs/<name>)")
     p.add_argument("--name", help="run name (default: the preset name)")
-    p.add_argument("--epochs", type=int, help="train.epochs")
     p.add_argument("--batch-size", type=int, help="data.batch_size, per process")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (train.device)")
-    p.add_argument(
-        "--resume", metavar="PATH", help="continue exactly from a checkpoint file or a run folder"
-    )
+    if training:
+        p.add_argument("--epochs", type=int, help="train.epochs")
+        p.add_argument(
+            "--resume",
+            metavar="PATH",
+            help="continue exactly from a checkpoint file or a run folder",
+        )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="config overrides, e.g. optim.blr=1e-3 model.mask_ratio=0.8",
+        help="config overrides, e.g. optim.blr=1e-3 eval.pool=avg",
     )
 
 
@@ -41,9 +48,11 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         "data.path": args.data,
         "out": args.out,
         "name": args.name,
-        "train.epochs": args.epochs,
+        "train.epochs": getattr(args, "epochs", None),
         "data.batch_size": args.batch_size,
         "train.device": args.device,
+        "eval.checkpoint": getattr(args, "checkpoint", None),
+        "eval.pool": getattr(args, "pool", None),
     }
     return [f"{k}={_quote(v)}" for k, v in pairs.items() if v is not None]
 
@@ -55,10 +64,10 @@ def _quote(v) -> str:
     return str(v)
 
 
-def resolve_config(args, default_preset: str, schema=C.Config):
+def resolve_config(args, default_preset: str | None, task: str):
     """Config from preset + flags + overrides; on --resume, the run's saved config is the base."""
     base, resume = None, None
-    if args.resume:
+    if getattr(args, "resume", None):
         resume = resume_path(args.resume)
         base = load_training_state(resume).get("config")
         if base is None:
@@ -66,7 +75,7 @@ def resolve_config(args, default_preset: str, schema=C.Config):
         if not args.out:
             base["out"] = str(resume.parent)
     preset = args.config or (None if base else default_preset)
-    cfg = C.load_config(preset, [*flag_overrides(args), *args.overrides], base=base, schema=schema)
+    cfg = C.load_config(preset, [*flag_overrides(args), *args.overrides], base=base, task=task)
     return cfg, resume
 
 

@@ -18,6 +18,7 @@ from ..data import (
 )
 from ..engine import distributed as dist
 from ..engine import precision as P
+from ..engine.checkpoint import seed_all
 from ..engine.logging import RunLogger, setup_console
 from ..engine.loop import LoopConfig, Trainer
 from ..engine.optim import adamw, weight_decay_groups
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_pretrain(args) -> int:
-    cfg, resume = resolve_config(args, "mae_vit_base_patch16")
+    cfg, resume = resolve_config(args, "mae_vit_base_patch16", task="pretrain")
     if args.dry_run:
         print(C.to_yaml(cfg), end="")
         return 0
@@ -59,11 +60,12 @@ def cmd_pretrain(args) -> int:
 
 def build_model(cfg: C.Config):
     args = dict(
-        img_size=cfg.data.img_size,
         mask_ratio=cfg.model.mask_ratio,
         norm_pix_loss=cfg.model.norm_pix_loss,
         drop_path_rate=cfg.model.drop_path,
     )
+    if cfg.data.img_size:
+        args["img_size"] = cfg.data.img_size
     args.update(cfg.model.args)
     return create_model(cfg.model.name, **args)
 
@@ -82,11 +84,11 @@ def run(cfg: C.Config, resume: Path | None = None) -> Path:
             f"size {cfg.data.batch_size}: lower --batch-size"
         )
     out = prepare_run_dir(cfg, resuming=resume is not None)
-    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    seed_all(cfg.train.seed)  # same initial weights on every rank
     model = build_model(cfg).to(device)
     if cfg.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    loader = _loader(cfg, source, device)
+    loader = _loader(cfg, source, device, img_size=model.patch_embed.img_size[0])
     eff_batch = cfg.data.batch_size * cfg.optim.accum_iter * dist.world_size()
     lr = effective_lr(cfg.optim.blr, cfg.optim.lr, eff_batch)
     optimizer = adamw(
@@ -114,7 +116,7 @@ def run(cfg: C.Config, resume: Path | None = None) -> Path:
         meta=_meta(cfg, model),
         logger=RunLogger(out, cfg.train.tensorboard),
     )
-    torch.manual_seed(cfg.train.seed + 1 + dist.rank())  # masking noise differs across ranks
+    seed_all(cfg.train.seed + 1 + dist.rank())  # masking noise differs across ranks
     if resume:
         trainer.resume(resume)
     trainer.fit()
@@ -123,8 +125,8 @@ def run(cfg: C.Config, resume: Path | None = None) -> Path:
     return out
 
 
-def _loader(cfg: C.Config, source, device):
-    transform = pretrain_transform(cfg.data.img_size, cfg.data.crop_min_scale, cfg.data.hflip)
+def _loader(cfg: C.Config, source, device, img_size: int):
+    transform = pretrain_transform(img_size, cfg.data.crop_min_scale, cfg.data.hflip)
     sampler = EpochSampler(
         len(source), shuffle=True, seed=cfg.train.seed, rank=dist.rank(), world=dist.world_size()
     )

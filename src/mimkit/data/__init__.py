@@ -1,4 +1,5 @@
 from .datasets import ImageDataset, collate
+from .labeled import Splits, open_splits
 from .loader import EpochSampler, build_loader
 from .sources import FileListSource, FolderSource, ImageSource, open_source
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, pretrain_transform
@@ -11,6 +12,8 @@ __all__ = [
     "FolderSource",
     "ImageDataset",
     "ImageSource",
+    "Splits",
+    "open_splits",
     "build_loader",
     "collate",
     "eval_transform",

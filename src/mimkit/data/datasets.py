@@ -11,8 +11,11 @@ fixed, which DDP needs) and the bad path travels with the batch to be counted.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import warnings
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -59,9 +62,24 @@ class ImageDataset(torch.utils.data.Dataset):
         label = self.source.labels[j] if self.source.labels is not None else -1
         if seed is None:
             return self.transform(img), label, bad
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return self.transform(img), label, bad
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed torch, ``random`` and NumPy (timm's RandAugment draws from all three) for the
+    block, then restore the previous states."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 def collate(items):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -67,6 +69,8 @@ def build_loader(
     pin_memory: bool,
     collate_fn,
 ) -> DataLoader:
+    # More workers than cores only adds contention (and a warning from PyTorch).
+    num_workers = min(num_workers, len(os.sched_getaffinity(0)))
     # An explicit generator keeps the loader from drawing on the global RNG, which
     # holds the masking noise and must resume exactly.
     return DataLoader(

@@ -48,3 +48,57 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x * std + mean).clamp(0, 1)
+
+
+def linprobe_transform(img_size: int) -> T.Compose:
+    """MAE linear probing augmentation: RandomResizedCrop (bicubic) + flip."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(img_size, interpolation=InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            *_to_normalized_tensor(),
+        ]
+    )
+
+
+def finetune_transform(img_size: int, auto_augment: str | None, reprob: float):
+    """MAE fine-tuning augmentation, built by timm's ``create_transform`` as the official
+    code: RandomResizedCrop (bicubic) + flip + RandAugment + random erasing (pixel mode)."""
+    from timm.data import create_transform
+
+    _fix_timm_posterize()
+    return create_transform(
+        input_size=img_size,
+        is_training=True,
+        color_jitter=None,
+        auto_augment=auto_augment,
+        interpolation="bicubic",
+        re_prob=reprob,
+        re_mode="pixel",
+        re_count=1,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+
+
+def _posterize(img, bits_to_keep, **_):
+    """timm's posterize, working with Pillow >= 12 too.
+
+    RandAugment's increasing posterize can ask for 0 bits at magnitude 10 (m9 + noise);
+    older Pillow then returned a black image, newer Pillow raises. Keep the old result.
+    """
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _fix_timm_posterize() -> None:
+    from timm.data import auto_augment as aa
+
+    for name, fn in aa.NAME_TO_OP.items():
+        if fn is aa.posterize:
+            aa.NAME_TO_OP[name] = _posterize

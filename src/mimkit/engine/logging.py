@@ -14,11 +14,24 @@ from . import distributed as dist
 log = logging.getLogger("mimkit")
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (redirections made later are honoured)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_console(level: int = logging.INFO) -> None:
     """Messages to stderr as 'mimkit: ...' on rank 0; warnings only on other ranks."""
     if log.handlers:
+        log.setLevel(level if dist.is_main() else logging.WARNING)
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("mimkit: %(message)s"))
     log.addHandler(handler)
     log.setLevel(level if dist.is_main() else logging.WARNING)

@@ -104,7 +104,17 @@ def _extract(obj, path: Path) -> tuple[dict, dict]:
     )
 
 
-_META_KEYS = ("model_name", "model_args", "epoch", "step", "config", "mimkit_version", "task")
+_META_KEYS = (
+    "model_name",
+    "model_args",
+    "epoch",
+    "step",
+    "config",
+    "mimkit_version",
+    "task",
+    "classes",
+    "metrics",
+)
 
 
 def _strip_prefixes(sd: dict) -> dict:

@@ -50,6 +50,25 @@ def create_model(name: str, **overrides) -> nn.Module:
     return model
 
 
+def create_encoder(name: str, **overrides) -> nn.Module:
+    """The backbone of a registered model: for an MAE name, the plain ViT encoder of the
+    same size (random init, e.g. the baseline for a pretrained one); else ``name`` itself."""
+    from .vit import encoder_args
+
+    fn = _MODELS.get(name)
+    if (
+        fn is not None
+        and getattr(fn, "model_cls", None) is not None
+        and hasattr(fn.model_cls, "forward_decoder")
+    ):
+        import torch
+
+        with torch.device("meta"):
+            args = encoder_args(create_model(name).arch_config())
+        return create_model("vit", **{**args, **overrides})
+    return create_model(name, **overrides)
+
+
 def _allowed_args(fn: Callable) -> list[str]:
     target = getattr(fn, "model_cls", None)
     params = inspect.signature(target.__init__ if target else fn).parameters

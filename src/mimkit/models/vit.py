@@ -120,14 +120,19 @@ class VisionTransformer(_TimmViT):
             pos_embed=self.pos_embed_type,
         )
 
-    def layer_id(self, param_name: str) -> int:
-        """Layer index for layer-wise lr decay, as MAE's ``get_layer_id_for_vit``:
-        embeddings 0, block i -> i + 1, everything after the blocks depth + 1."""
-        if param_name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token")):
-            return 0
-        if param_name.startswith("blocks."):
-            return int(param_name.split(".")[1]) + 1
-        return self.depth + 1
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Embeddings -> group 0, block i -> i + 1; norm, fc_norm and head stay unmatched,
+        which timm puts in one last group (depth + 1).
+
+        timm's own ViT matcher merges ``norm`` into the last block's group, so with cls
+        pooling its layer-wise lr decay gives the final norm ``decay`` instead of MAE's 1.
+        This way the scales are MAE's ``decay^(depth + 1 - layer)`` for either head layout.
+        """
+        return dict(
+            stem=r"^cls_token|reg_token|pos_embed|patch_embed|norm_pre",
+            blocks=[(r"^blocks\.(\d+)", None)],
+        )
 
 
 def _vit(size: str, patch: int, **overrides) -> VisionTransformer:

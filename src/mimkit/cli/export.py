@@ -1,0 +1,49 @@
+"""``mimkit export``: weights that timm loads, or a TorchScript / ONNX classifier."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ..engine.logging import setup_console
+from ..errors import UserError
+from ..interop import export as E
+from ..interop.checkpoint import model_from_checkpoint
+
+log = logging.getLogger("mimkit")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export to timm (safetensors), TorchScript or ONNX",
+        description="Export an encoder or fine-tuned classifier. --format timm writes timm's "
+        "VisionTransformer layout and <out>.json with the timm.create_model arguments; "
+        "torchscript and onnx export a fine-tuned classifier (input: normalised images).",
+    )
+    p.add_argument("--checkpoint", required=True, help="mimkit or official MAE checkpoint")
+    p.add_argument("--format", choices=("timm", "torchscript", "onnx"), default="timm")
+    p.add_argument("--out", required=True, help="output file (.safetensors, .pt or .onnx)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    setup_console()
+    model, _ = model_from_checkpoint(args.checkpoint, kind="encoder")
+    if args.format == "timm":
+        recipe = E.export_timm(model, args.out)
+        print(json.dumps(recipe, indent=2))
+        return 0
+    if not getattr(model, "num_classes", 0):
+        raise UserError(
+            f"{args.checkpoint} has no classifier head; {args.format} export is for "
+            "fine-tuned classifiers (mimkit finetune), use --format timm for encoders"
+        )
+    size = model.patch_embed.img_size[0]
+    fn = E.export_torchscript if args.format == "torchscript" else E.export_onnx
+    path = fn(model, args.out, size)
+    print(
+        f"wrote {path} (input: float images (N, 3, {size}, {size}) normalised with ImageNet "
+        "mean/std; output: logits)"
+    )
+    return 0

@@ -1,0 +1,62 @@
+"""Labeled train/val splits for evaluation: ROOT/train + ROOT/val (or ROOT/test) class
+folders, or file lists of ``path label`` lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from .sources import FileListSource, FolderSource, ImageSource
+
+_LAYOUT = "ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg (or ROOT/test/...)"
+
+
+@dataclass
+class Splits:
+    train: ImageSource
+    val: ImageSource
+    classes: list[str]
+
+
+def open_splits(
+    root: str | None, train_list: str | None = None, val_list: str | None = None
+) -> Splits:
+    """Both splits with one class list; a missing split or mismatched classes is an error."""
+    if not root:
+        raise UserError(f"no data given: pass --data ROOT laid out as {_LAYOUT}")
+    if train_list or val_list:
+        if not (train_list and val_list):
+            raise UserError("file lists need both data.file_list (train) and data.val_list")
+        return _from_lists(root, train_list, val_list)
+    base = Path(root)
+    if not base.is_dir():
+        raise UserError(f"data folder not found: {base}")
+    train_dir = base / "train"
+    val_dir = next((base / n for n in ("val", "test") if (base / n).is_dir()), None)
+    if not train_dir.is_dir() or val_dir is None:
+        missing = "train" if not train_dir.is_dir() else "val (or test)"
+        raise UserError(f"{base} has no {missing} split: expected {_LAYOUT}")
+    train, val = FolderSource(train_dir), FolderSource(val_dir)
+    for split, src in (("train", train), (val_dir.name, val)):
+        if src.labels is None:
+            raise UserError(f"{base / split} has images outside class folders: expected {_LAYOUT}")
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        raise UserError(
+            f"class folders differ between {train_dir} and {val_dir}: only in train: "
+            f"{', '.join(only_train) or '-'}; only in {val_dir.name}: {', '.join(only_val) or '-'}"
+        )
+    return Splits(train, val, train.classes)
+
+
+def _from_lists(root: str, train_list: str, val_list: str) -> Splits:
+    train, val = FileListSource(root, train_list), FileListSource(root, val_list)
+    for name, src in ((train_list, train), (val_list, val)):
+        if src.labels is None:
+            raise UserError(f"{name} has no labels: write 'relative/path.jpg LABEL' per line")
+    n = max(max(train.labels), max(val.labels)) + 1
+    classes = [str(i) for i in range(n)]
+    train.classes = val.classes = classes
+    return Splits(train, val, classes)

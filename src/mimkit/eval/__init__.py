@@ -1,0 +1,1 @@
+"""What a backbone learned: features, kNN, linear probe, fine-tuning, Q-score."""

@@ -1,0 +1,148 @@
+"""Backbone features through the shared contract, extracted once and cached on disk.
+
+Features = ``forward_head(forward_features(x), pre_logits=True)``: the pooled (cls or
+average) and normalised representation any timm-contract backbone gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..data import EpochSampler, ImageDataset, build_loader, collate
+from ..data.sources import ImageSource
+from ..engine import distributed as dist
+from ..engine import precision as P
+from ..engine.checkpoint import atomic_save
+from ..errors import UserError
+
+log = logging.getLogger("mimkit")
+
+POOLS = {"cls": "token", "avg": "avg"}
+
+
+def set_pool(model, pool: str) -> None:
+    """Pick cls-token or average pooling for ``forward_head`` (ViT); others pool by average."""
+    if pool not in POOLS:
+        raise UserError(f"pool must be 'cls' or 'avg', got '{pool}'")
+    if hasattr(model, "global_pool") and isinstance(model.global_pool, str):
+        if pool == "cls" and not getattr(model, "has_class_token", False):
+            raise UserError("this backbone has no cls token: use pool=avg")
+        model.global_pool = POOLS[pool]
+
+
+def encode(model, imgs: torch.Tensor) -> torch.Tensor:
+    """imgs: (N, 3, H, W) -> features (N, D) through the backbone contract."""
+    return model.forward_head(model.forward_features(imgs), pre_logits=True)
+
+
+@torch.no_grad()
+def extract(
+    model,
+    source: ImageSource,
+    transform,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    precision: str,
+    desc: str = "features",
+) -> dict:
+    """Features of every readable image, each counted once across ranks.
+
+    Returns {'features': (N, D) float32, 'labels': (N,), 'paths': [N], 'bad': [paths]}
+    on every rank, in source order; unreadable images are left out and listed in 'bad'.
+    """
+    model.eval()
+    sampler = EpochSampler(
+        len(source), shuffle=False, rank=dist.rank(), world=dist.world_size(), pad=False
+    )
+    loader = build_loader(
+        ImageDataset(source, transform),
+        batch_size,
+        sampler,
+        num_workers,
+        drop_last=False,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate,
+    )
+    feats, bad = [], set()
+    for batch in tqdm(loader, desc=desc, disable=None if dist.is_main() else True, leave=False):
+        bad.update(batch["bad"])
+        with P.autocast(precision, device):
+            f = encode(model, batch["image"].to(device, non_blocking=True))
+        feats.append(f.float().cpu())
+    mine = torch.cat(feats) if feats else torch.zeros(0, 0)
+    return _assemble(dist.all_gather_object((mine, sorted(bad))), source)
+
+
+def _assemble(parts: list, source: ImageSource) -> dict:
+    """Interleave rank shards back into source order (rank r held indices r::world)."""
+    world, n = len(parts), len(source)
+    dim = next(p[0].shape[1] for p in parts if p[0].numel())
+    features = torch.empty(n, dim)
+    for r, (f, _) in enumerate(parts):
+        features[r::world] = f
+    bad = sorted(set().union(*(set(b) for _, b in parts)))
+    bad_set = set(bad)
+    keep = [i for i, p in enumerate(source.paths) if p not in bad_set]
+    labels = torch.tensor(source.labels if source.labels is not None else [-1] * n)
+    return {
+        "features": features[keep],
+        "labels": labels[keep],
+        "paths": [source.paths[i] for i in keep],
+        "bad": bad,
+    }
+
+
+# ---------------------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MIMKIT_CACHE", Path.home() / ".cache" / "mimkit")) / "features"
+
+
+def cache_key(**parts) -> str:
+    """A stable hash of what determines the features: checkpoint, data, transform, pool."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def checkpoint_identity(path: str | None) -> dict:
+    if not path or path == "none":
+        return {"checkpoint": "none"}
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"checkpoint": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def source_identity(source: ImageSource) -> dict:
+    h = hashlib.sha256()
+    for p in source.paths:
+        h.update(p.encode() + b"\0")
+    h.update(json.dumps(source.labels).encode())
+    return {"n": len(source), "paths": h.hexdigest()}
+
+
+def cached_extract(cache_dir: Path | None, key_parts: dict, compute) -> dict:
+    """Load features from ``cache_dir/<key>.pt`` or compute, save (rank 0) and return them."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / f"{cache_key(**key_parts)}.pt"
+    if path.is_file():
+        try:
+            out = torch.load(path, weights_only=True)
+            log.info("features from cache %s", path)
+            return out
+        except Exception:  # a stale or damaged cache file is recomputed, never trusted
+            log.warning("unreadable feature cache %s: recomputing", path)
+    out = compute()
+    if dist.is_main():
+        atomic_save(out, path)
+    dist.barrier()
+    return out

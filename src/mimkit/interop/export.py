@@ -1,0 +1,111 @@
+"""Export: timm-layout safetensors (+ the create_model arguments), TorchScript, ONNX."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import UserError
+
+_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
+
+
+def timm_recipe(model) -> dict:
+    """The timm model name and keyword arguments that rebuild ``model`` exactly."""
+    import timm
+
+    cfg = model.arch_config()
+    size = _SIZES.get(cfg["embed_dim"], "base")
+    # the closest registered name; every architecture argument is passed explicitly anyway
+    candidates = [f"vit_{size}_patch{cfg['patch_size']}_224", f"vit_{size}_patch16_224"]
+    name = next((n for n in candidates if timm.list_models(n)), "vit_base_patch16_224")
+    kwargs = {
+        k: cfg[k]
+        for k in (
+            "img_size",
+            "patch_size",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "mlp_ratio",
+            "num_classes",
+            "global_pool",
+        )
+    }
+    kwargs["global_pool"] = kwargs["global_pool"] or "token"
+    return {"model_name": name, "kwargs": kwargs}
+
+
+def export_timm(model, out: str | Path) -> dict:
+    """Write the weights as timm's VisionTransformer expects them, plus ``<out>.json``:
+
+    timm.create_model(model_name, pretrained=True,
+                      pretrained_cfg_overlay=dict(file=out, num_classes=...), **kwargs)
+    """
+    if not hasattr(model, "arch_config") or not hasattr(model, "patch_embed"):
+        raise UserError("--format timm exports ViT encoders and classifiers only")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(
+            f"timm export writes safetensors: name the file *.safetensors, not {out.name}"
+        )
+    recipe = timm_recipe(model)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(out), metadata={"format": "pt", "timm_model": recipe["model_name"]})
+    recipe["pretrained_cfg_overlay"] = {
+        "file": str(out.resolve()),
+        "num_classes": recipe["kwargs"]["num_classes"],
+    }
+    recipe["python"] = (
+        f"timm.create_model({recipe['model_name']!r}, pretrained=True, pretrained_cfg_overlay="
+        f"{recipe['pretrained_cfg_overlay']!r}, **{recipe['kwargs']!r})"
+    )
+    out.with_suffix(".json").write_text(json.dumps(recipe, indent=2) + "\n")
+    return recipe
+
+
+def export_torchscript(model: nn.Module, out: str | Path, img_size: int) -> Path:
+    """Traced TorchScript of the classifier (eval mode), input (N, 3, S, S) normalised."""
+    model = model.eval()
+    example = torch.randn(2, 3, img_size, img_size)
+    # torch.jit is deprecated upstream but still the way to get a TorchScript file; its
+    # tracer warnings concern shape checks that tests show generalise over the batch.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    traced.save(str(out))
+    return out
+
+
+def export_onnx(model: nn.Module, out: str | Path, img_size: int) -> Path:
+    """ONNX (dynamo exporter) with a dynamic batch dimension: images -> logits."""
+    try:
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError:
+        raise UserError(
+            "ONNX export needs onnx and onnxscript: pip install 'mimkit[export]'"
+        ) from None
+    model = model.eval()
+    example = torch.randn(2, 3, img_size, img_size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(
+        model,
+        (example,),
+        str(out),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        verbose=False,
+    )
+    return out
