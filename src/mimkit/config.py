@@ -37,6 +37,9 @@ class DataConfig:
     hflip: bool = True
     batch_size: int = 64  # per process
     num_workers: int = 8
+    pipeline: str = "files"  # files | tensor_cache | gpu_jpeg | shards (pretraining)
+    cache_dir: str | None = None  # tensor cache; default ~/.cache/mimkit/tensors
+    cache_size: int | None = None  # stored image size for tensor_cache; default img_size
 
 
 @dataclass
@@ -59,8 +62,10 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50  # steps between loss logs (the only host-device sync)
     save_every: int = 20  # epochs between numbered checkpoints (last is saved each epoch)
+    eval_every: int = 1  # epochs between validations (fine-tune / probe); the last always
     compile: bool = False
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute block activations in backward (large models)
+    fsdp: bool = False  # shard parameters/gradients/optimizer per block (FSDP2; torchrun)
     tensorboard: bool = True  # when the tensorboard package is installed
     max_steps: int | None = None  # stop early (smoke runs)
 
@@ -113,6 +118,7 @@ _CHOICES = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "task": ("pretrain", "knn", "linprobe", "finetune", "qscore"),
     "eval.pool": ("cls", "avg"),
+    "data.pipeline": ("files", "tensor_cache", "gpu_jpeg", "shards"),
     "linprobe.optimizer": ("lars", "sgd"),
     "finetune.global_pool": ("avg", "token"),
 }
@@ -243,6 +249,7 @@ def validate(cfg: Config) -> None:
         "optim.accum_iter": cfg.optim.accum_iter,
         "train.log_every": cfg.train.log_every,
         "train.save_every": cfg.train.save_every,
+        "train.eval_every": cfg.train.eval_every,
     }
     for key, value in positive.items():
         if value < 1:

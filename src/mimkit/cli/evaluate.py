@@ -208,14 +208,8 @@ def _loop(cfg: C.Config, lr: float, precision: str) -> LoopConfig:
         save_every=cfg.train.save_every,
         max_steps=cfg.train.max_steps,
         monitor="val/acc1",
+        eval_every=cfg.train.eval_every,
     )
-
-
-def _wrap(model: nn.Module, cfg: C.Config, device) -> nn.Module:
-    if dist.world_size() > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return torch.compile(model) if cfg.train.compile else model
 
 
 def _fit_classifier(
@@ -223,7 +217,7 @@ def _fit_classifier(
     out,
     task,
     model,
-    optimizer,
+    make_optimizer,
     loader,
     device,
     lr,
@@ -233,10 +227,11 @@ def _fit_classifier(
     title: str,
     classes,
 ) -> dict:
+    wrapped = dist.wrap(model, device, cfg.train.fsdp, cfg.train.compile)
     trainer = Trainer(
         task,
-        _wrap(model, cfg, device),
-        optimizer,
+        wrapped,
+        make_optimizer(model),  # after wrapping: FSDP replaces the parameters
         loader,
         device,
         _loop(cfg, lr, precision),
@@ -361,7 +356,9 @@ def cmd_linprobe(args) -> int:
     lr = effective_lr(
         cfg.optim.blr, cfg.optim.lr, cfg.data.batch_size * cfg.optim.accum_iter * dist.world_size()
     )
-    optimizer = K.probe_optimizer(head, cfg.linprobe.optimizer, lr, cfg.optim.weight_decay)
+    make_optimizer = lambda m: K.probe_optimizer(
+        m, cfg.linprobe.optimizer, lr, cfg.optim.weight_decay
+    )
     task = K.ClassifyTask(
         nn.CrossEntropyLoss(), val_loader, splits.classes, device, precision, encoder=encoder
     )
@@ -378,7 +375,7 @@ def cmd_linprobe(args) -> int:
         out,
         task,
         head,
-        optimizer,
+        make_optimizer,
         loader,
         device,
         lr,
@@ -421,6 +418,8 @@ def cmd_finetune(args) -> int:
         K.init_head(model, ft.head_init_std)
     if ft.trainable_blocks is not None:
         K.freeze_all_but_last(model, ft.trainable_blocks)
+    if cfg.train.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     size = _img_size(model)
     from ..data.transforms import finetune_transform
 
@@ -431,8 +430,9 @@ def cmd_finetune(args) -> int:
     lr = effective_lr(
         cfg.optim.blr, cfg.optim.lr, cfg.data.batch_size * cfg.optim.accum_iter * dist.world_size()
     )
-    groups = K.layer_decay_groups(model, cfg.optim.weight_decay, ft.layer_decay)
-    optimizer = adamw(groups, lr, cfg.optim.betas, device)
+    make_optimizer = lambda m: adamw(
+        K.layer_decay_groups(m, cfg.optim.weight_decay, ft.layer_decay), lr, cfg.optim.betas, device
+    )
     task = K.ClassifyTask(criterion, val_loader, splits.classes, device, precision, mixup=mixup)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(
@@ -455,7 +455,7 @@ def cmd_finetune(args) -> int:
         out,
         task,
         model,
-        optimizer,
+        make_optimizer,
         loader,
         device,
         lr,

@@ -8,14 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import config as C
-from ..data import (
-    EpochSampler,
-    ImageDataset,
-    build_loader,
-    collate,
-    open_source,
-    pretrain_transform,
-)
+from ..data.pipelines import build_pretrain_loader, open_pretrain_data
 from ..engine import distributed as dist
 from ..engine import precision as P
 from ..engine.checkpoint import seed_all
@@ -76,11 +69,12 @@ def run(cfg: C.Config, resume: Path | None = None) -> Path:
     dist.init(device)
     setup_console()
     precision = P.resolve(cfg.train.precision, device)
-    source = open_source(cfg.data.path, cfg.data.file_list)  # fails before any model is built
-    per_rank = -(-len(source) // dist.world_size())
+    # fails before any model is built when the data is missing or empty
+    data = open_pretrain_data(cfg.data.pipeline, cfg.data.path, cfg.data.file_list)
+    per_rank = -(-data.num_images // dist.world_size())
     if per_rank < cfg.data.batch_size:
         raise UserError(
-            f"{len(source)} images give {per_rank} per process, fewer than the batch "
+            f"{data.num_images} images give {per_rank} per process, fewer than the batch "
             f"size {cfg.data.batch_size}: lower --batch-size"
         )
     out = prepare_run_dir(cfg, resuming=resume is not None)
@@ -88,17 +82,20 @@ def run(cfg: C.Config, resume: Path | None = None) -> Path:
     model = build_model(cfg).to(device)
     if cfg.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    loader = _loader(cfg, source, device, img_size=model.patch_embed.img_size[0])
+    loader = pretrain_loader(cfg, data, device, img_size=model.patch_embed.img_size[0])
     eff_batch = cfg.data.batch_size * cfg.optim.accum_iter * dist.world_size()
     lr = effective_lr(cfg.optim.blr, cfg.optim.lr, eff_batch)
+    n_params = sum(p.numel() for p in model.parameters())
+    wrapped = dist.wrap(model, device, cfg.train.fsdp, cfg.train.compile)
+    # after wrapping: FSDP replaces the parameters with sharded ones
     optimizer = adamw(
         weight_decay_groups(model, cfg.optim.weight_decay), lr, cfg.optim.betas, device
     )
     log.info(
         "%s: %d images, %.1fM parameters, %s %s, effective batch %d, lr %.3g -> %s",
         cfg.model.name,
-        len(source),
-        sum(p.numel() for p in model.parameters()) / 1e6,
+        data.num_images,
+        n_params / 1e6,
         device,
         precision,
         eff_batch,
@@ -107,7 +104,7 @@ def run(cfg: C.Config, resume: Path | None = None) -> Path:
     )
     trainer = Trainer(
         PretrainTask(),
-        _wrap(model, cfg, device),
+        wrapped,
         optimizer,
         loader,
         device,
@@ -121,33 +118,25 @@ def run(cfg: C.Config, resume: Path | None = None) -> Path:
         trainer.resume(resume)
     trainer.fit()
     if dist.is_main():
-        _pictures(model, source, out, cfg, device)
+        if cfg.train.fsdp:  # the sharded model cannot run on one rank: reload the weights
+            model = _reload(out, device)
+        _pictures(model, data.source, out, cfg, device)
     return out
 
 
-def _loader(cfg: C.Config, source, device, img_size: int):
-    transform = pretrain_transform(img_size, cfg.data.crop_min_scale, cfg.data.hflip)
-    sampler = EpochSampler(
-        len(source), shuffle=True, seed=cfg.train.seed, rank=dist.rank(), world=dist.world_size()
-    )
-    return build_loader(
-        ImageDataset(source, transform),
+def pretrain_loader(cfg: C.Config, data, device, img_size: int):
+    return build_pretrain_loader(
+        data,
+        img_size,
         cfg.data.batch_size,
-        sampler,
         cfg.data.num_workers,
-        drop_last=True,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate,
+        (cfg.data.crop_min_scale, 1.0),
+        cfg.data.hflip,
+        cfg.train.seed,
+        device,
+        cfg.data.cache_dir,
+        cfg.data.cache_size,
     )
-
-
-def _wrap(model, cfg: C.Config, device):
-    if dist.world_size() > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.train.compile:
-        model = torch.compile(model)
-    return model
 
 
 def _loop_config(cfg: C.Config, lr: float, precision: str) -> LoopConfig:
@@ -174,12 +163,20 @@ def _meta(cfg: C.Config, model) -> dict:
     }
 
 
+def _reload(out: Path, device):
+    from ..interop.checkpoint import model_from_checkpoint
+
+    return model_from_checkpoint(out / "checkpoint-last.pth", kind="mae")[0].to(device)
+
+
 def _pictures(model, source, out: Path, cfg: C.Config, device) -> None:
     """loss.png from the log; reconstructions.png of a few images spread over the data."""
     from ..viz.curves import plot_curves
     from .visualize import reconstruction_grid
 
     plot_curves(out / "log.jsonl", out / "loss.png")
+    if source is None:  # shards: no file paths to draw from
+        return
     step = max(1, len(source) // 8)
     paths = source.paths[::step][:8]
     reconstruction_grid(

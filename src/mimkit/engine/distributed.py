@@ -100,3 +100,30 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device(spec)
     except RuntimeError:
         raise UserError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N") from None
+
+
+def wrap(model: nn.Module, device: torch.device, fsdp: bool = False, compile: bool = False):
+    """DDP (or FSDP2 sharding per transformer block) when distributed, then torch.compile."""
+    if fsdp:
+        if not is_initialized():
+            from ..errors import UserError
+
+            raise UserError("train.fsdp needs several processes: launch with torchrun")
+        from torch.distributed.fsdp import fully_shard
+
+        for name in ("blocks", "decoder_blocks"):
+            for block in getattr(model, name, []):
+                fully_shard(block)
+        fully_shard(model)
+    elif world_size() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(model) if compile else model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # older torch
+        return False
+    return isinstance(unwrap(model), FSDPModule)

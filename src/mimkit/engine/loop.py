@@ -92,8 +92,19 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Restore model, optimizer, scaler, counters and RNG from a checkpoint."""
         state = load_training_state(Path(path))
-        dist.unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if dist.is_fsdp(self.model):  # every rank holds the full dicts; each keeps its shard
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(
+                self.model,
+                self.optimizer,
+                model_state_dict=state["model"],
+                optim_state_dict=state["optimizer"],
+                options=StateDictOptions(full_state_dict=True),
+            )
+        else:
+            dist.unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.state.epoch = state["epoch"] + 1
@@ -157,7 +168,7 @@ class Trainer:
             bar.update(1)
             t_wait = time.perf_counter()
         bar.close()
-        stats = {"loss": total.mean(), "lr": self.optimizer.param_groups[0]["lr"]}
+        stats = {"loss": total.mean(), "lr": self._lr()}
         self._check_finite(stats["loss"], epoch)
         stats["skipped_images"] = self._gather_bad()
         return stats
@@ -190,10 +201,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
 
+    def _lr(self) -> float:
+        """The base lr: the largest group lr (groups with layer decay have scale <= 1)."""
+        return max(g["lr"] for g in self.optimizer.param_groups)
+
+    @contextlib.contextmanager
     def _no_sync(self, skip_sync: bool):
+        """Skip the gradient all-reduce on accumulation micro-steps (DDP and FSDP)."""
         if skip_sync and isinstance(self.model, nn.parallel.DistributedDataParallel):
-            return self.model.no_sync()
-        return contextlib.nullcontext()
+            with self.model.no_sync():
+                yield
+        elif skip_sync and dist.is_fsdp(self.model):
+            dist.unwrap(self.model).set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                dist.unwrap(self.model).set_requires_gradient_sync(True)
+        else:
+            yield
 
     # ------------------------------------------------------------------ logging
     def _log_window(self, epoch: int, window: _Window, bar) -> None:
@@ -206,7 +231,7 @@ class Trainer:
             "epoch": epoch + 1,
             "step": self.state.step,
             "loss": loss,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self._lr(),
             "img_s": n / max(elapsed, 1e-9),
             "data_wait": window.wait / max(elapsed, 1e-9),
         }
@@ -254,14 +279,24 @@ class Trainer:
     def _out_of_steps(self) -> bool:
         return self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
 
+    def _state_dicts(self) -> tuple[dict, dict]:
+        """Full model and optimizer state (gathered from all ranks under FSDP)."""
+        if dist.is_fsdp(self.model):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_state_dict(self.model, self.optimizer, options=options)
+        return dist.unwrap(self.model).state_dict(), self.optimizer.state_dict()
+
     def _save(self, epoch: int, metrics: dict) -> None:
         rngs = dist.all_gather_object(rng_state())
+        model_sd, optim_sd = self._state_dicts()
         if not dist.is_main():
             return
         improved = self._improved(metrics)
         state = {
-            "model": dist.unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_sd,
+            "optimizer": optim_sd,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "epoch": epoch,
             "step": self.state.step,

@@ -1,0 +1,28 @@
+"""``mimkit shards``: pack an image folder into WebDataset-style tar shards."""
+
+from __future__ import annotations
+
+from ..data.shards import write_shards
+from ..data.sources import open_source
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "shards",
+        help="write an image folder as tar shards (data.pipeline=shards)",
+        description="Pack images (and class-folder labels) into tar shards of N samples "
+        "(<key>.jpg + <key>.cls) with a shards.json index, for streaming with "
+        "data.pipeline=shards. Use at least processes x workers shards.",
+    )
+    p.add_argument("--data", required=True, help="image folder (class subfolders give labels)")
+    p.add_argument("--file-list", help="EasyCV-style list of paths (and labels) under --data")
+    p.add_argument("--out", required=True, help="folder for the shards")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.set_defaults(func=cmd_shards)
+
+
+def cmd_shards(args) -> int:
+    source = open_source(args.data, args.file_list)
+    paths = write_shards(source, args.out, args.shard_size)
+    print(f"wrote {len(paths)} shards ({len(source)} images) to {args.out}")
+    return 0

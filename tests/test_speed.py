@@ -1,0 +1,301 @@
+"""Speed paths on CPU: device-side augmentation, tensor cache, device JPEG decode,
+tar shards across ranks and workers, torch.compile, FLOP arithmetic, benchmark command."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2 as T
+
+import mimkit
+from mimkit.cli import main
+from mimkit.data import EpochSampler, FolderSource
+from mimkit.data import device_aug as D
+from mimkit.data.jpeg import DeviceJpegLoader, decode_batch
+from mimkit.data.shards import ShardDataset, ShardLoader, write_shards
+from mimkit.data.tensor_cache import TensorCacheLoader, build_tensor_cache
+from mimkit.flops import block_macs, mae_step_flops, model_step_flops, peak_tflops
+
+from .conftest import TINY_MAE
+
+
+def _crop_stats(boxes, h, w):
+    area = boxes[:, 2] * boxes[:, 3] / (h * w)
+    aspect = boxes[:, 3] / boxes[:, 2]
+    return area, aspect
+
+
+def test_batched_crops_follow_torchvision_distribution():
+    n, h, w = 20000, 32, 48
+    g = torch.Generator().manual_seed(0)
+    ours = D.sample_crops(n, h, w, scale=(0.2, 1.0), generator=g)
+    top, left, ch, cw = ours.unbind(1)
+    assert torch.all(top >= 0) and torch.all(left >= 0)
+    assert torch.all(top + ch <= h) and torch.all(left + cw <= w)
+    assert torch.all(ours == ours.round())  # integer boxes, as torchvision
+    torch.manual_seed(0)
+    img = torch.zeros(3, h, w)
+    ref = torch.tensor(
+        [T.RandomResizedCrop.get_params(img, (0.2, 1.0), (3 / 4, 4 / 3)) for _ in range(n)],
+        dtype=torch.float32,
+    )
+    a1, r1 = _crop_stats(ours, h, w)
+    a2, r2 = _crop_stats(ref, h, w)
+    assert a1.min() >= 0.2 - 0.05 and a1.max() <= 1.0
+    assert r1.min() >= 3 / 4 - 0.1 and r1.max() <= 4 / 3 + 0.1  # rounding to whole pixels
+    assert abs(a1.mean() - a2.mean()) < 0.01 and abs(a1.std() - a2.std()) < 0.01
+    assert abs(r1.log().mean() - r2.log().mean()) < 0.01
+    # crop position: centre of the box uniform over where it fits
+    assert abs((top + ch / 2).mean() - (ref[:, 0] + ref[:, 2] / 2).mean()) < 0.2
+
+
+def test_fallback_is_the_centre_crop():
+    boxes = D.sample_crops(100, 10, 100, scale=(0.99, 1.0))  # no 3/4..4/3 box fits
+    assert torch.all(boxes == torch.tensor([0.0, 43.0, 10.0, 13.0]))  # h 10, w 13, centred
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_resized_crop_equals_interpolating_the_crop(mode):
+    x = torch.rand(2, 3, 20, 24) * 255
+    boxes = torch.tensor([[2.0, 3.0, 10.0, 15.0], [0.0, 0.0, 20.0, 24.0]])
+    out = D.resized_crops(x, boxes, 16, mode=mode)
+    for k, (t, left, h, w) in enumerate(boxes.long().tolist()):
+        ref = F.interpolate(
+            x[k : k + 1, :, t : t + h, left : left + w],
+            size=(16, 16),
+            mode=mode,
+            align_corners=False,
+        )
+        inner = slice(None) if mode == "bilinear" else slice(4, -4)  # bicubic: away from edges
+        torch.testing.assert_close(
+            out[k : k + 1, :, inner, inner], ref[:, :, inner, inner], rtol=1e-4, atol=1e-3
+        )
+    flipped = D.resized_crops(x, boxes, 16, flip=torch.tensor([True, False]), mode=mode)
+    torch.testing.assert_close(flipped[0], out[0].flip(-1), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(flipped[1], out[1])
+
+
+def test_augment_batch_draws_per_image():
+    imgs = (torch.rand(1, 3, 32, 32) * 255).to(torch.uint8).expand(64, -1, -1, -1)
+    out = D.augment_batch(imgs, 32, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (64, 3, 32, 32)
+    assert len({tuple(o.flatten()[:50].tolist()) for o in out}) == 64  # 64 different crops
+    flips = [torch.rand(64, generator=torch.Generator().manual_seed(s)) < 0.5 for s in range(20)]
+    assert 0.4 < torch.stack(flips).float().mean() < 0.6
+
+
+def test_tensor_cache_and_its_loader(tmp_path, image_folder):
+    (image_folder / "cat" / "broken.jpg").write_bytes(b"nope")
+    src = FolderSource(image_folder)
+    cache = build_tensor_cache(src, 32, tmp_path / "c.pt", num_workers=0)
+    assert cache["images"].shape == (64, 3, 32, 32) and cache["images"].dtype == torch.uint8
+    assert cache["bad"] == [str(image_folder / "cat" / "broken.jpg")]
+    sampler = EpochSampler(64, seed=3)
+    loader = TensorCacheLoader(
+        cache["images"], cache["labels"], 16, sampler, torch.device("cpu"), 32
+    )
+    first = [b["image"] for b in loader]
+    again = [b["image"] for b in loader]
+    assert len(first) == 4 and all(torch.equal(a, b) for a, b in zip(first, again))
+    sampler.set_epoch(1)
+    assert not torch.equal(next(iter(loader))["image"], first[0])
+    x = first[0]
+    assert x.shape == (16, 3, 32, 32) and -3 < x.mean() < 3  # normalised
+
+
+def test_device_jpeg_decode_handles_png_and_corrupt(tmp_path, image_folder):
+    from PIL import Image
+
+    png = tmp_path / "a.png"
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(png)
+    jpg = next((image_folder / "cat").glob("*.jpg"))
+    datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in (jpg, png)] + [
+        torch.tensor([1, 2, 3], dtype=torch.uint8)
+    ]
+    out = decode_batch(datas, torch.device("cpu"))
+    assert out[0].shape == (3, 32, 32) and out[1].shape == (3, 10, 20) and out[2] is None
+    (image_folder / "cat" / "zz_bad.jpg").write_bytes(b"nope")
+    src = FolderSource(image_folder)
+    loader = DeviceJpegLoader(
+        src, 13, EpochSampler(len(src), shuffle=False), 0, torch.device("cpu"), 24
+    )
+    batches = list(loader)
+    assert all(b["image"].shape == (13, 3, 24, 24) for b in batches)
+    assert [p for b in batches for p in b["bad"]] == [str(image_folder / "cat" / "zz_bad.jpg")]
+
+
+def _labels_from(ds, workers):
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, num_workers=workers, collate_fn=lambda items: [i[1] for i in items]
+    )
+    return [label for batch in loader for label in batch]
+
+
+def test_shards_cover_every_sample_once_across_2_ranks_x_2_workers(tmp_path, image_folder):
+    src = FolderSource(image_folder)
+    src.labels = list(range(len(src)))  # label = sample index, to count coverage
+    write_shards(src, tmp_path / "shards", shard_size=8)  # 8 shards of 8
+    seen = []
+    for rank in range(2):
+        ds = ShardDataset(
+            tmp_path / "shards", T.Compose([T.PILToTensor()]), seed=0, rank=rank, world=2
+        )
+        ds.set_epoch(5)
+        labels = _labels_from(ds, workers=2)
+        assert len(labels) == len(ds) == 32
+        seen += labels
+    assert sorted(seen) == list(range(64))
+
+
+def test_uneven_shards_give_every_rank_the_same_length(tmp_path, image_folder):
+    src = FolderSource(image_folder)
+    write_shards(src, tmp_path / "shards", shard_size=7)  # 10 shards: 9 x 7 + 1
+    counts = []
+    for rank in range(2):
+        ds = ShardDataset(tmp_path / "shards", T.Compose([T.PILToTensor()]), rank=rank, world=2)
+        loader = ShardLoader(ds, 4, 2, False, lambda items: items)
+        counts.append((len(loader), sum(1 for _ in loader)))
+    assert counts[0] == counts[1] and counts[0][0] == counts[0][1] == 8
+
+
+@pytest.mark.parametrize("pipeline", ["tensor_cache", "gpu_jpeg", "shards"])
+def test_pretrain_runs_on_every_pipeline(tmp_path, image_folder, pipeline, monkeypatch):
+    monkeypatch.setenv("MIMKIT_CACHE", str(tmp_path / "cache"))
+    data = image_folder
+    if pipeline == "shards":
+        assert (
+            main(
+                [
+                    "shards",
+                    "--data",
+                    str(image_folder),
+                    "--out",
+                    str(tmp_path / "sh"),
+                    "--shard-size",
+                    "16",
+                ]
+            )
+            == 0
+        )
+        data = tmp_path / "sh"
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                *TINY_MAE,
+                f"data.pipeline={pipeline}",
+            ]
+        )
+        == 0
+    )
+    epochs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in epochs if r["kind"] == "epoch"] == [4]
+
+
+def test_tensor_cache_pretraining_resumes_exactly(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setenv("MIMKIT_CACHE", str(tmp_path / "cache"))
+    common = [
+        "--data",
+        str(image_folder),
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+        *TINY_MAE,
+        "data.pipeline=tensor_cache",
+    ]
+    assert main(["pretrain", *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["pretrain", *common, "--out", str(tmp_path / "b"), "train.max_steps=4"]) == 0
+    assert main(["pretrain", "--resume", str(tmp_path / "b"), "train.max_steps=null"]) == 0
+    a = torch.load(tmp_path / "a" / "checkpoint-last.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint-last.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compile_switch_runs_a_step(tmp_path, image_folder):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(image_folder),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                *TINY_MAE,
+                "train.compile=true",
+                "train.max_steps=1",
+            ]
+        )
+        == 0
+    )
+    state = torch.load(out / "checkpoint-last.pth", weights_only=True)
+    assert state["step"] == 1 and not any("_orig_mod" in k for k in state["model"])
+
+
+def test_mfu_arithmetic_matches_the_hand_count():
+    # MAE ViT-B/16 at 224, 75% masking: 58.7 GFLOP per image per training step
+    assert mae_step_flops(224, 16, 768, 12, 512, 8, 0.75) / 1e9 == pytest.approx(58.687, abs=1e-3)
+    assert block_macs(50, 768) == 12 * 50 * 768**2 + 2 * 50**2 * 768
+    with torch.device("meta"):
+        model = mimkit.create_model("mae_vit_base_patch16")
+    flops, formula = model_step_flops(model)
+    assert flops / 1e9 == pytest.approx(58.687, abs=1e-3) and "M(n,d)" in formula
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0 and peak_tflops("AMD EPYC CPU") is None
+    # 35% MFU on an H100 is about 5,900 images/s
+    assert 0.35 * 989e12 / flops == pytest.approx(5898, abs=5)
+
+
+def test_benchmark_command_writes_json(tmp_path, image_folder, capsys):
+    out = tmp_path / "b.json"
+    assert (
+        main(
+            [
+                "benchmark",
+                "--config",
+                "mae_vit_tiny_cifar",
+                "--data",
+                str(image_folder),
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--batch-size",
+                "8",
+                "--json",
+                str(out),
+                *TINY_MAE,
+            ]
+        )
+        == 0
+    )
+    r = json.loads(out.read_text())
+    for key in (
+        "model_img_s",
+        "loader_img_s",
+        "end_to_end_img_s",
+        "train_gflop_per_image",
+        "flop_formula",
+        "precision",
+        "device",
+    ):
+        assert key in r, key
+    assert r["model_img_s"] > 0 and r["model_mfu"] is None  # no peak table entry for a CPU
+    assert math.isfinite(r["end_to_end_vs_model"])
+    assert "end to end" in capsys.readouterr().out
