@@ -48,6 +48,15 @@ def make_trainer(
     )
 
 
+def step_throughput(
+    task, model, batch: int, img_size: int, device, precision: str, steps: int, warmup: int, out
+) -> dict:
+    """Model-only training-step throughput of ``model`` on synthetic images."""
+    trainer = make_trainer(task, model, device, precision, out, batch, img_size)
+    result = time_steps(trainer, trainer.loader, steps, warmup)
+    return result | {"precision": trainer.cfg.precision}
+
+
 def time_steps(trainer: Trainer, batches: Iterable, steps: int, warmup: int) -> dict:
     """Images/s over ``steps`` training steps after ``warmup`` steps (data included)."""
     it = iter(batches)

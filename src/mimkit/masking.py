@@ -104,3 +104,99 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     """
     loss = (pred.float() - target.float()).pow(2).mean(dim=-1)
     return (loss * mask).sum() / mask.sum()
+
+
+# ---------------------------------------------------------------------------- LoMaR windows
+
+
+class Windows(NamedTuple):
+    """Which image and which patches each window sequence holds (LoMaR).
+
+    S = number of sequences (N * num_window), K = window * window patches.
+    """
+
+    image: torch.Tensor  # (S,) index of the image the sequence is cut from
+    corner: torch.Tensor  # (S, 2) top-left patch (row, col) of the window
+    patches: torch.Tensor  # (S, K) flat patch indices in the image grid, row-major
+    mask: torch.Tensor  # (S, K) 0 keep, 1 masked (replaced by the mask token)
+
+
+def _distinct_positions(n: int, m: int, positions: int, device) -> torch.Tensor:
+    """(n, m) positions in [0, positions): distinct per row when possible (as the
+    official ``randperm(...)[:m]``), else drawn with replacement."""
+    if positions >= m:
+        return torch.argsort(torch.rand(n, positions, device=device), dim=1)[:, :m]
+    return torch.randint(0, positions, (n, m), device=device)
+
+
+def sample_windows(
+    n: int, num_window: int, grid: tuple[int, int], window: int, device=None
+) -> torch.Tensor:
+    """Independent random window corners per image: (N, num_window, 2) as (row, col).
+
+    Each image gets its own windows; within an image, rows (and columns) are distinct
+    when the grid leaves room, as the official sampling. Every window lies inside the grid.
+    """
+    h, w = grid
+    if window > h or window > w:
+        raise ValueError(f"window {window} does not fit the {h}x{w} patch grid")
+    rows = _distinct_positions(n, num_window, h - window + 1, device)
+    cols = _distinct_positions(n, num_window, w - window + 1, device)
+    return torch.stack([rows, cols], dim=-1)
+
+
+def window_patch_indices(corner: torch.Tensor, window: int, grid_w: int) -> torch.Tensor:
+    """corner: (..., 2) -> flat patch indices (..., window*window), row-major."""
+    r = torch.arange(window, device=corner.device)
+    offsets = (r[:, None] * grid_w + r[None, :]).flatten()  # (K,)
+    base = corner[..., 0] * grid_w + corner[..., 1]
+    return base.unsqueeze(-1) + offsets
+
+
+def window_masking(noise: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """noise: (S, K) uniform -> mask (S, K) with exactly ``int(K * mask_ratio)`` ones per
+    row: the smallest noise values are masked, as LoMaR's official sampling."""
+    s, k = noise.shape
+    n_mask = int(k * mask_ratio)
+    if n_mask < 1:
+        raise ValueError(f"mask_ratio {mask_ratio} masks no patch of a {k}-patch window")
+    ranks = torch.argsort(torch.argsort(noise, dim=1), dim=1)
+    return (ranks < n_mask).to(noise.dtype)
+
+
+def lomar_windows(
+    n: int,
+    grid: tuple[int, int],
+    window: int,
+    num_window: int,
+    mask_ratio: float,
+    device=None,
+    pairing: str = "per_image",
+    corners: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> Windows:
+    """Sample LoMaR's windows and their masks for a batch of ``n`` images.
+
+    ``pairing='per_image'``: sequence j = image j // num_window, each image with its own
+    ``num_window`` windows (corners (N, M, 2)). ``pairing='official'``: as the official
+    code, one set of M windows for the whole batch and sequence j pairs image j % N with
+    window j % M (for N divisible by M an image sees one window M times, with M masks).
+    ``corners`` and ``noise`` (S, K) fix the sampling (tests, visualisation).
+    """
+    m = num_window
+    if pairing == "per_image":
+        if corners is None:
+            corners = sample_windows(n, m, grid, window, device)
+        image = torch.arange(n, device=corners.device).repeat_interleave(m)
+        corner = corners.reshape(n * m, 2)
+    elif pairing == "official":
+        if corners is None:
+            corners = sample_windows(1, m, grid, window, device)[0]
+        j = torch.arange(n * m, device=corners.device)
+        image, corner = j % n, corners.reshape(m, 2)[j % m]
+    else:
+        raise ValueError(f"pairing must be 'per_image' or 'official', got {pairing!r}")
+    patches = window_patch_indices(corner, window, grid[1])
+    if noise is None:
+        noise = torch.rand(patches.shape, device=patches.device)
+    return Windows(image, corner, patches, window_masking(noise, mask_ratio))

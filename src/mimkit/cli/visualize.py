@@ -14,7 +14,7 @@ from ..engine import distributed as dist
 from ..engine.logging import setup_console
 from ..errors import UserError
 from ..interop.checkpoint import model_from_checkpoint
-from ..viz.recon import reconstruct, save_grid
+from ..viz.recon import reconstruct, reconstruct_windows, save_grid
 
 log = logging.getLogger("mimkit")
 
@@ -24,9 +24,12 @@ def add_parser(sub) -> None:
         "visualize",
         help="draw original | masked | reconstruction | reconstruction + visible",
         description="Reconstruction grid from an MAE checkpoint (mimkit or official *visualize* "
-        "file), one row per image, as the official MAE demo.",
+        "file), one row per image, as the official MAE demo. For a LoMaR checkpoint the "
+        "sampled windows are outlined, with their masks and predictions.",
     )
-    p.add_argument("--checkpoint", required=True, help="MAE checkpoint with its decoder")
+    p.add_argument(
+        "--checkpoint", required=True, help="MAE checkpoint with its decoder, or a LoMaR checkpoint"
+    )
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--out", default="reconstructions.png", help="PNG to write")
     p.add_argument("--mask-ratio", type=float, default=None, help="default: the model's (0.75)")
@@ -80,6 +83,12 @@ def reconstruction_grid(
         raise UserError("none of the given images could be read")
     imgs = torch.stack(images).to(device)
     g = torch.Generator().manual_seed(seed)
+    if hasattr(model, "window_size"):  # LoMaR: windows, their masks and predictions
+        result = reconstruct_windows(model, imgs, g)
+        loss = float(result["loss"])
+        title = f"{model.num_window} windows of {model.window_size}x{model.window_size}, "
+        save_grid(result, out, title=title + f"masked-patch loss {loss:.4f}")
+        return loss
     noise = torch.rand(len(images), model.patch_embed.num_patches, generator=g).to(device)
     ratio = model.mask_ratio if mask_ratio is None else mask_ratio
     result = reconstruct(model, imgs, ratio, noise)

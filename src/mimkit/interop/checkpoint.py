@@ -25,7 +25,8 @@ from ..errors import UserError
 log = logging.getLogger("mimkit")
 
 _PREFIXES = ("module.", "_orig_mod.")
-_DECODER = re.compile(r"^(decoder_|mask_token)")
+# Pretraining-only tensors (MAE decoder, LoMaR pixel head): an encoder ignores them.
+_DECODER = re.compile(r"^(decoder_|mask_token|encoder_pred)")
 
 
 @dataclass
@@ -159,6 +160,11 @@ def infer_vit_args(sd: dict[str, torch.Tensor]) -> dict:
             decoder_depth=_count_blocks(sd, "decoder_blocks."),
             decoder_num_heads=16,
         )
+    if "blocks.0.attn.rpe_k.lookup_table_weight" in sd:
+        args["rel_pos"] = "irpe"  # LoMaR's relative positions; the table gives the heads
+        args["num_heads"] = dim // sd["blocks.0.attn.rpe_k.lookup_table_weight"].shape[1]
+        if "pos_embed" not in sd:
+            args["pos_embed"] = "none"
     if "fc_norm.weight" in sd:
         args["global_pool"] = "avg"
     if "head.weight" in sd:
@@ -206,7 +212,7 @@ class LoadReport:
         if self.reshaped:
             parts.append("resized " + ", ".join(self.reshaped))
         if self.ignored:
-            parts.append(f"ignored {len(self.ignored)} decoder tensors")
+            parts.append(f"ignored {len(self.ignored)} pretraining-only tensors")
         if self.dropped:
             parts.append("new (shape differs): " + _short(self.dropped))
         if self.missing:
@@ -248,9 +254,12 @@ def adapt_state_dict(sd: dict, model: nn.Module, report: LoadReport) -> dict:
     """Make ``sd`` fit ``model``: architecture check, decoder filter, grid and head shapes."""
     own = model.state_dict()
     _check_architecture(sd, model, report.path)
-    if not any(k.startswith("decoder_") for k in own):
+    if "mask_token" not in own:
         report.ignored = [k for k in sd if _DECODER.match(k)]
         sd = {k: v for k, v in sd.items() if not _DECODER.match(k)}
+    if "pos_embed" in sd and "pos_embed" not in own:  # e.g. LoMaR's unused sin-cos table
+        report.ignored.append("pos_embed")
+        del sd["pos_embed"]
     for key, value in list(sd.items()):
         if key not in own or own[key].shape == value.shape:
             continue
@@ -313,43 +322,57 @@ def is_mae_checkpoint(ckpt: Checkpoint) -> bool:
     return "decoder_embed.weight" in ckpt.state_dict
 
 
+def is_pretrain_checkpoint(ckpt: Checkpoint) -> bool:
+    """A full pretraining model: MAE with its decoder, or LoMaR with its pixel head."""
+    return is_mae_checkpoint(ckpt) or "encoder_pred.weight" in ckpt.state_dict
+
+
 def model_from_checkpoint(
     source, kind: str = "encoder", **overrides
 ) -> tuple[nn.Module, LoadReport]:
     """Build the model a checkpoint describes and load its weights.
 
-    kind='mae': the full masked autoencoder (needs the decoder: mimkit pretrain
-    checkpoints or official *visualize* files). kind='encoder': the ViT backbone, from
-    any ViT/MAE file. Architecture comes from mimkit metadata when present, else from
-    tensor shapes (official files). ``overrides`` go to ``create_model``.
+    kind='pretrain' (alias 'mae'): the full pretraining model (MAE with its decoder:
+    mimkit pretrain checkpoints or official *visualize* files; LoMaR with its pixel head).
+    kind='encoder': the ViT backbone, from any ViT/MAE/LoMaR file. Architecture comes
+    from mimkit metadata when present, else from tensor shapes (official files).
+    ``overrides`` go to ``create_model``.
     """
+    import torch
+
     from ..models import create_model
-    from ..models.vit import encoder_args
 
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
     name, args = ckpt.meta.get("model_name"), dict(ckpt.meta.get("model_args") or {})
     if not name:
         name, args = _infer_name_args(ckpt, kind)
-    if kind == "mae":
-        if not is_mae_checkpoint(ckpt):
+    if kind in ("mae", "pretrain"):
+        if not is_pretrain_checkpoint(ckpt):
             raise UserError(
                 f"{ckpt.path} has no decoder (an encoder-only or fine-tuned file); "
-                "reconstructions need a full MAE checkpoint (mimkit pretrain output or an "
-                "official *_visualize_* file)"
+                "reconstructions need a full pretraining checkpoint (mimkit pretrain output "
+                "or an official MAE *_visualize_* file)"
             )
         model = create_model(name, **{**args, **overrides})
     elif kind == "encoder":
-        if name.startswith("mae") or is_mae_checkpoint(ckpt):
-            name, args = "vit", encoder_args(args)
+        if is_pretrain_checkpoint(ckpt) or name.startswith(("mae", "lomar")):
+            with torch.device("meta"):
+                args = create_model(name, **args).encoder_config()
+            name = "vit"
         model = create_model(name, **{**args, **overrides})
     else:
-        raise ValueError(f"kind must be 'mae' or 'encoder', got {kind!r}")
+        raise ValueError(f"kind must be 'pretrain' or 'encoder', got {kind!r}")
     report = load_checkpoint(model, ckpt)
     return model, report
 
 
+_LOMAR_ARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
 def _infer_name_args(ckpt: Checkpoint, kind: str) -> tuple[str, dict]:
     args = infer_vit_args(ckpt.state_dict)
-    if kind == "mae" and is_mae_checkpoint(ckpt):
+    if "encoder_pred.weight" in ckpt.state_dict:
+        return "lomar_vit", {k: v for k, v in args.items() if k in _LOMAR_ARGS}
+    if is_mae_checkpoint(ckpt):
         return "mae_vit", {k: v for k, v in args.items() if k not in ("global_pool", "num_classes")}
     return "vit", args

@@ -49,6 +49,11 @@ def export_timm(model, out: str | Path) -> dict:
     """
     if not hasattr(model, "arch_config") or not hasattr(model, "patch_embed"):
         raise UserError("--format timm exports ViT encoders and classifiers only")
+    if getattr(model, "rel_pos", None):
+        raise UserError(
+            "timm's ViT has no iRPE relative-position attention, so a LoMaR encoder cannot "
+            "load there: export it with --format torchscript or --format onnx"
+        )
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(
@@ -78,6 +83,7 @@ def export_torchscript(model: nn.Module, out: str | Path, img_size: int) -> Path
     # tracer warnings concern shape checks that tests show generalise over the batch.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        model(example)  # builds cached constants (iRPE bucket ids) so both traces agree
         traced = torch.jit.trace(model, example)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

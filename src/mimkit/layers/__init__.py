@@ -1,5 +1,6 @@
 """Layers timm does not have. Everything else comes from timm."""
 
+from .irpe import IRPEAttention
 from .pos_embed import get_2d_sincos_pos_embed
 
-__all__ = ["get_2d_sincos_pos_embed"]
+__all__ = ["IRPEAttention", "get_2d_sincos_pos_embed"]

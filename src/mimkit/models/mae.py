@@ -94,6 +94,7 @@ class MaskedAutoencoder(VisionTransformer):
 
     def arch_config(self) -> dict:
         cfg = {k: v for k, v in super().arch_config().items() if k in ENCODER_KEYS}
+        cfg.pop("rel_pos")
         return cfg | dict(
             decoder_embed_dim=self.decoder_embed.out_features,
             decoder_depth=len(self.decoder_blocks),
@@ -101,6 +102,11 @@ class MaskedAutoencoder(VisionTransformer):
             norm_pix_loss=self.norm_pix_loss,
             mask_ratio=self.mask_ratio,
         )
+
+    def encoder_config(self) -> dict:
+        """Arguments of the plain ViT that carries this encoder downstream (learnable
+        ``pos_embed`` initialised from the sin-cos table, as the official fine-tuning)."""
+        return {k: v for k, v in self.arch_config().items() if k in ENCODER_KEYS}
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

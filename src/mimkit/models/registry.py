@@ -51,20 +51,15 @@ def create_model(name: str, **overrides) -> nn.Module:
 
 
 def create_encoder(name: str, **overrides) -> nn.Module:
-    """The backbone of a registered model: for an MAE name, the plain ViT encoder of the
-    same size (random init, e.g. the baseline for a pretrained one); else ``name`` itself."""
-    from .vit import encoder_args
-
+    """The backbone of a registered model: for a pretraining model (MAE, LoMaR), the plain
+    ViT encoder of the same size (random init, e.g. the baseline for a pretrained one);
+    else ``name`` itself."""
     fn = _MODELS.get(name)
-    if (
-        fn is not None
-        and getattr(fn, "model_cls", None) is not None
-        and hasattr(fn.model_cls, "forward_decoder")
-    ):
+    if fn is not None and hasattr(getattr(fn, "model_cls", None), "encoder_config"):
         import torch
 
         with torch.device("meta"):
-            args = encoder_args(create_model(name).arch_config())
+            args = create_model(name).encoder_config()
         return create_model("vit", **{**args, **overrides})
     return create_model(name, **overrides)
 

@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer as _TimmViT
 from torch import nn
 
 from ..errors import UserError
-from ..layers import get_2d_sincos_pos_embed
+from ..layers import IRPEAttention, get_2d_sincos_pos_embed
 from .registry import register_model
 
 # Sizes users know: (embed_dim, depth, num_heads)
@@ -45,8 +45,10 @@ class VisionTransformer(_TimmViT):
     """timm ViT with LayerNorm eps 1e-6 and an optional fixed 2-D sin-cos ``pos_embed``.
 
     ``pos_embed='sincos'`` keeps the table frozen (MAE pretraining); ``'learn'`` makes it a
-    trainable parameter (fine-tuning, as the official ``models_vit``). ``global_pool='avg'``
-    gives ``fc_norm`` + ``head`` with ``norm`` = Identity, the MAE fine-tuned layout.
+    trainable parameter (fine-tuning, as the official ``models_vit``); ``'none'`` has no
+    absolute table (LoMaR). ``rel_pos='irpe'`` puts LoMaR's relative position encoding in
+    every attention layer. ``global_pool='avg'`` gives ``fc_norm`` + ``head`` with
+    ``norm`` = Identity, the MAE fine-tuned layout.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class VisionTransformer(_TimmViT):
         num_classes: int = 0,
         global_pool: str = "token",
         pos_embed: str = "learn",
+        rel_pos: str | None = None,
         drop_path_rate: float = 0.0,
         drop_rate: float = 0.0,
         weight_init: str = "",
@@ -69,13 +72,18 @@ class VisionTransformer(_TimmViT):
         check_img_size(img_size, patch_size)
         if embed_dim % num_heads:
             raise UserError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        if pos_embed not in ("learn", "sincos"):
-            raise UserError(f"pos_embed must be 'learn' or 'sincos', got '{pos_embed}'")
+        if pos_embed not in ("learn", "sincos", "none"):
+            raise UserError(f"pos_embed must be 'learn', 'sincos' or 'none', got '{pos_embed}'")
+        if rel_pos not in (None, "irpe"):
+            raise UserError(f"rel_pos must be null or 'irpe', got '{rel_pos}'")
+        if rel_pos == "irpe":
+            kwargs["attn_layer"] = IRPEAttention
         super().__init__(
             img_size=img_size,
             patch_size=patch_size,
             in_chans=in_chans,
             num_classes=num_classes,
+            pos_embed="none" if pos_embed == "none" else "learn",
             global_pool=global_pool,
             embed_dim=embed_dim,
             depth=depth,
@@ -92,6 +100,7 @@ class VisionTransformer(_TimmViT):
         self.depth = depth
         self.num_heads = num_heads
         self.pos_embed_type = pos_embed
+        self.rel_pos = rel_pos
         if pos_embed == "sincos":
             self.pos_embed.requires_grad_(False)
             self.reset_pos_embed()
@@ -101,6 +110,8 @@ class VisionTransformer(_TimmViT):
         return tuple(self.patch_embed.grid_size)
 
     def reset_pos_embed(self) -> None:
+        if self.pos_embed is None:
+            return
         table = get_2d_sincos_pos_embed(self.embed_dim, self.grid_size, cls_token=True)
         with torch.no_grad():
             self.pos_embed.copy_(table.unsqueeze(0))
@@ -118,6 +129,7 @@ class VisionTransformer(_TimmViT):
             num_classes=self.num_classes,
             global_pool=self.global_pool,
             pos_embed=self.pos_embed_type,
+            rel_pos=self.rel_pos,
         )
 
     @torch.jit.ignore
@@ -201,9 +213,16 @@ ENCODER_KEYS = (
     "depth",
     "num_heads",
     "mlp_ratio",
+    "rel_pos",
 )
 
 
 def encoder_args(args: dict) -> dict:
-    """The ViT-encoder subset of a model's arguments (e.g. of an MAE's)."""
-    return {k: v for k, v in args.items() if k in ENCODER_KEYS}
+    """The ViT-encoder subset of a model's arguments (e.g. of an MAE's or a LoMaR's).
+
+    A pretraining table (MAE's frozen sin-cos) becomes the default learnable one of a
+    fine-tuned ViT, as the official ``models_vit``; no table (LoMaR) stays none."""
+    out = {k: v for k, v in args.items() if k in ENCODER_KEYS}
+    if args.get("pos_embed") == "none":
+        out["pos_embed"] = "none"
+    return out

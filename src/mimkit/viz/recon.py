@@ -45,6 +45,55 @@ def reconstruct(
     }
 
 
+@torch.no_grad()
+def reconstruct_windows(
+    model, imgs: torch.Tensor, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """LoMaR: the same four views on the whole image, where only the sampled windows
+    take part: outside them the image is dimmed, inside them masked patches are grey
+    (``masked``) or predicted (``recon``, ``pasted``). Adds ``boxes`` (N, M, 3): each
+    window's top-left pixel (row, col) and its side in pixels, for drawing."""
+    model.eval()
+    n, p = imgs.shape[0], model.patch_size
+    grid, ws = model.grid_size, model.window_size
+    # reproducible pictures: corners and masks drawn from ``generator``
+    corners = _seeded_corners(n, model.num_window, grid, ws, generator).to(imgs.device)
+    noise = torch.rand(n * model.num_window, ws * ws, generator=generator).to(imgs.device)
+    win = model.sample(imgs, corners=corners, noise=noise, pairing="per_image")
+    out = model(imgs, windows=win)
+    target = M.patchify(imgs, p)  # (N, L, ppc)
+    pred = out.pred.float()
+    if model.norm_pix_loss:
+        t = target[win.image.unsqueeze(1), win.patches]
+        pred = pred * (t.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + t.mean(dim=-1, keepdim=True)
+    inside = torch.zeros(target.shape[:2], device=imgs.device)
+    masked = torch.zeros_like(inside)
+    recon = target.clone()
+    inside[win.image.unsqueeze(1), win.patches] = 1.0
+    masked[win.image.unsqueeze(1), win.patches] = win.mask
+    recon[win.image.unsqueeze(1), win.patches] = pred
+    as_img = lambda x: M.unpatchify(x, p, grid)  # noqa: E731
+    pix = lambda m: as_img(m.unsqueeze(-1).expand(-1, -1, target.shape[-1]))  # noqa: E731
+    inside, masked = pix(inside), pix(masked)
+    dim = 0.35 * denormalize(imgs) * (1 - inside)
+    visible = denormalize(imgs) * inside * (1 - masked)
+    return {
+        "original": denormalize(imgs),
+        "masked": dim + visible + 0.5 * masked,
+        "recon": dim + denormalize(as_img(recon)) * inside,
+        "pasted": dim + visible + denormalize(as_img(recon)) * masked,
+        "loss": out.loss,
+        "mask": out.mask,
+        "boxes": torch.cat([corners * p, torch.full_like(corners[..., :1], ws * p)], -1),
+    }
+
+
+def _seeded_corners(n, m, grid, ws, generator) -> torch.Tensor:
+    rows = torch.randint(0, grid[0] - ws + 1, (n, m), generator=generator)
+    cols = torch.randint(0, grid[1] - ws + 1, (n, m), generator=generator)
+    return torch.stack([rows, cols], -1)
+
+
 def save_grid(images: dict[str, torch.Tensor], path: str | Path, title: str = "") -> Path:
     """One row per image, the four columns of the official demo, as a PNG."""
     import matplotlib
@@ -68,6 +117,10 @@ def save_grid(images: dict[str, torch.Tensor], path: str | Path, title: str = ""
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(label, fontsize=10)
+            for top, left, side in images["boxes"][r].tolist() if "boxes" in images else []:
+                ax.add_patch(
+                    plt.Rectangle((left - 0.5, top - 0.5), side, side, fill=False, ec="yellow")
+                )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / n) if title else None)
     if title:
         fig.suptitle(title, fontsize=11)
