@@ -52,6 +52,7 @@ class OptimConfig:
     warmup_epochs: float = 40.0
     clip_grad: float | None = None
     accum_iter: int = 1
+    schedule: str = "cosine"  # cosine: warmup + half-cosine | onecycle: ConvMixer's CIFAR schedule
 
 
 @dataclass
@@ -97,7 +98,9 @@ class FinetuneConfig:
     smoothing: float = 0.1
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
     reprob: float = 0.25  # random erasing probability
-    head_init_std: float = 2e-5
+    head_init_std: float | None = 2e-5  # null: keep the layer's default init (from scratch)
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
 
 
 @dataclass
@@ -121,6 +124,7 @@ _CHOICES = {
     "data.pipeline": ("files", "tensor_cache", "gpu_jpeg", "shards"),
     "linprobe.optimizer": ("lars", "sgd"),
     "finetune.global_pool": ("avg", "token"),
+    "optim.schedule": ("cosine", "onecycle"),
 }
 
 # Each command's defaults, layered between the schema and the preset (official recipes:

@@ -39,7 +39,7 @@ from ..eval.knn import knn_scores
 from ..eval.metrics import classification_metrics, plot_confusion, roc_auc
 from ..eval.qscore import qscore
 from ..interop.checkpoint import model_from_checkpoint
-from ..models import create_encoder
+from ..models import create_encoder, input_size, is_pretrainer
 from ..models.vit import encoder_args
 from .common import add_training_flags, prepare_run_dir, resolve_config
 
@@ -50,6 +50,8 @@ _HELP = {
     "linprobe": "linear probe on a frozen backbone (MAE protocol: BN + linear, LARS)",
     "finetune": "fine-tune a classifier (layer-wise lr decay, mixup/cutmix, RandAugment)",
     "qscore": "per-image representation quality (Q-score), lowest first",
+    "train": "train a classifier from scratch, supervised (the finetune task without a "
+    "checkpoint; e.g. --config convmixer_256_8_cifar)",
 }
 
 
@@ -59,8 +61,9 @@ def add_parser(sub) -> None:
         ("linprobe", cmd_linprobe),
         ("finetune", cmd_finetune),
         ("qscore", cmd_qscore),
+        ("train", cmd_finetune),
     ):
-        training = name in ("linprobe", "finetune")
+        training = name in ("linprobe", "finetune", "train")
         p = sub.add_parser(
             name,
             help=_HELP[name],
@@ -71,6 +74,7 @@ def add_parser(sub) -> None:
         add_training_flags(p, default_preset=None, training=training)
         p.add_argument(
             "--checkpoint",
+            default="none" if name == "train" else None,
             help="backbone: mimkit or official MAE file; 'none' = random init of model.name",
         )
         p.add_argument("--pool", choices=("cls", "avg"), help="features from cls token or average")
@@ -103,20 +107,20 @@ def _backbone(cfg: C.Config, device, **overrides) -> tuple[nn.Module, object]:
     if cfg.data.img_size:
         overrides["img_size"] = cfg.data.img_size
     if ckpt == "none":
-        args = {**encoder_args(dict(cfg.model.args)), **overrides}
-        model, report = create_encoder(cfg.model.name, **args), None
+        args = dict(cfg.model.args)
+        if is_pretrainer(cfg.model.name):  # MAE/LoMaR names: their encoder's arguments only
+            args = encoder_args(args)
+        model, report = create_encoder(cfg.model.name, **{**args, **overrides}), None
     else:
         model, report = model_from_checkpoint(ckpt, kind="encoder", **overrides)
+    if getattr(model, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
     return model.to(device), report
-
-
-def _img_size(model) -> int:
-    return model.patch_embed.img_size[0] if hasattr(model, "patch_embed") else model.img_size
 
 
 def _split_features(cfg: C.Config, model, splits, device, precision, out: Path) -> tuple:
     """Train and val features, extracted once and cached by checkpoint + data + transform."""
-    transform = eval_transform(_img_size(model))
+    transform = eval_transform(input_size(model))
     cache = (
         None if cfg.eval.cache_dir == "none" else Path(cfg.eval.cache_dir or default_cache_dir())
     )
@@ -209,6 +213,7 @@ def _loop(cfg: C.Config, lr: float, precision: str) -> LoopConfig:
         max_steps=cfg.train.max_steps,
         monitor="val/acc1",
         eval_every=cfg.train.eval_every,
+        schedule=cfg.optim.schedule,
     )
 
 
@@ -343,7 +348,7 @@ def cmd_linprobe(args) -> int:
         val_loader = _eval_loader_features(val, cfg)
         encoder = None
     else:
-        size = _img_size(backbone)
+        size = input_size(backbone)
         from ..data.transforms import linprobe_transform
 
         transform = linprobe_transform(size) if cfg.linprobe.augment else eval_transform(size)
@@ -414,16 +419,17 @@ def cmd_finetune(args) -> int:
         global_pool=ft.global_pool,
         drop_path_rate=cfg.model.drop_path,
     )
-    if report is None or "head.weight" in report.missing + report.dropped:
+    new_head = report is None or "head.weight" in report.missing + report.dropped
+    if new_head and ft.head_init_std is not None:
         K.init_head(model, ft.head_init_std)
     if ft.trainable_blocks is not None:
         K.freeze_all_but_last(model, ft.trainable_blocks)
     if cfg.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    size = _img_size(model)
+    size = input_size(model)
     from ..data.transforms import finetune_transform
 
-    transform = finetune_transform(size, ft.auto_augment, ft.reprob)
+    transform = finetune_transform(size, ft.auto_augment, ft.reprob, ft.crop_scale, ft.crop_ratio)
     loader = _train_loader(ImageDataset(splits.train, transform), cfg, device, cfg.data.num_workers)
     val_loader = _eval_loader(splits.val, eval_transform(size), cfg, device)
     mixup, criterion = _mixup_and_loss(ft, len(splits.classes), cfg.data.batch_size)
@@ -447,7 +453,7 @@ def cmd_finetune(args) -> int:
     meta = {
         "task": "finetune",
         "classes": splits.classes,
-        "model_name": "vit",
+        "model_name": getattr(model, "model_name", "vit"),
         "model_args": model.arch_config(),
     }
     _fit_classifier(
@@ -521,7 +527,7 @@ def cmd_qscore(args) -> int:
         target = extract(
             model,
             source,
-            eval_transform(_img_size(model)),
+            eval_transform(input_size(model)),
             cfg.eval.batch_size,
             cfg.data.num_workers,
             device,

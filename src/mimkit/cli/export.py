@@ -9,6 +9,8 @@ from ..engine.logging import setup_console
 from ..errors import UserError
 from ..interop import export as E
 from ..interop.checkpoint import model_from_checkpoint
+from ..interop.fold import fold_batchnorm
+from ..models import input_size
 
 log = logging.getLogger("mimkit")
 
@@ -39,7 +41,16 @@ def cmd_export(args) -> int:
             f"{args.checkpoint} has no classifier head; {args.format} export is for "
             "fine-tuned classifiers (mimkit finetune), use --format timm for encoders"
         )
-    size = model.patch_embed.img_size[0]
+    size = input_size(model)
+    folds = fold_batchnorm(model.eval())  # exact in eval mode; says what could not fold
+    if folds["folded"] or folds["kept"]:
+        log.info(
+            "BatchNorm folded into neighbouring layers: %d (%s); kept: %d (a nonlinearity or "
+            "a residual sum sits between them and any conv)",
+            len(folds["folded"]),
+            ", ".join(folds["folded"]) or "-",
+            len(folds["kept"]),
+        )
     fn = E.export_torchscript if args.format == "torchscript" else E.export_onnx
     path = fn(model, args.out, size)
     print(

@@ -17,6 +17,7 @@ from ..engine import precision as P
 from ..engine.logging import setup_console
 from ..errors import UserError
 from ..interop.checkpoint import model_from_checkpoint, read_checkpoint
+from ..models import input_size
 
 log = logging.getLogger("mimkit")
 
@@ -93,7 +94,7 @@ def cmd_predict(args) -> int:
     model.to(device).eval()
     files = collect(args.paths)
     loader = torch.utils.data.DataLoader(
-        _Files(files, eval_transform(model.patch_embed.img_size[0])),
+        _Files(files, eval_transform(input_size(model))),
         batch_size=args.batch_size,
         num_workers=min(args.num_workers, len(files)),
         collate_fn=_collate,

@@ -151,6 +151,7 @@ def _loop_config(cfg: C.Config, lr: float, precision: str) -> LoopConfig:
         log_every=cfg.train.log_every,
         save_every=cfg.train.save_every,
         max_steps=cfg.train.max_steps,
+        schedule=cfg.optim.schedule,
     )
 
 

@@ -61,15 +61,24 @@ def linprobe_transform(img_size: int) -> T.Compose:
     )
 
 
-def finetune_transform(img_size: int, auto_augment: str | None, reprob: float):
+def finetune_transform(
+    img_size: int,
+    auto_augment: str | None,
+    reprob: float,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+):
     """MAE fine-tuning augmentation, built by timm's ``create_transform`` as the official
-    code: RandomResizedCrop (bicubic) + flip + RandAugment + random erasing (pixel mode)."""
+    code: RandomResizedCrop (bicubic) + flip + RandAugment + random erasing (pixel mode).
+    ``scale``/``ratio`` = (1, 1) make the crop the whole image (ConvMixer's CIFAR recipe)."""
     from timm.data import create_transform
 
     _fix_timm_posterize()
     return create_transform(
         input_size=img_size,
         is_training=True,
+        scale=tuple(scale),
+        ratio=tuple(ratio),
         color_jitter=None,
         auto_augment=auto_augment,
         interpolation="bicubic",

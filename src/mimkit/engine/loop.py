@@ -24,7 +24,7 @@ from . import precision as P
 from .checkpoint import atomic_save, load_training_state, rng_state, set_rng_state
 from .logging import RunLogger
 from .optim import set_lr
-from .schedule import warmup_cosine
+from .schedule import lr_at
 
 log = logging.getLogger("mimkit")
 
@@ -51,6 +51,7 @@ class LoopConfig:
     max_steps: int | None = None
     monitor: str | None = None  # metric that selects checkpoint-best.pth (higher is better)
     eval_every: int = 1
+    schedule: str = "cosine"  # cosine (warmup + half-cosine) | onecycle (ConvMixer)
 
 
 @dataclass
@@ -177,8 +178,13 @@ class Trainer:
         accum = self.cfg.accum_iter
         if i % accum == 0:
             frac = epoch + i / self.micro_steps
-            lr = warmup_cosine(
-                frac, self.cfg.base_lr, self.cfg.min_lr, self.cfg.warmup_epochs, self.cfg.epochs
+            lr = lr_at(
+                self.cfg.schedule,
+                frac,
+                self.cfg.base_lr,
+                self.cfg.min_lr,
+                self.cfg.warmup_epochs,
+                self.cfg.epochs,
             )
             set_lr(self.optimizer, lr)
         batch = _to_device(batch, self.device)

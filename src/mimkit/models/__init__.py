@@ -1,10 +1,21 @@
-from . import lomar, mae, vit  # noqa: F401  (registers the models)
+from . import convmixer, lomar, mae, vit  # noqa: F401  (registers the models)
+from .convmixer import ConvMixer
 from .lomar import LocalMaskedReconstruction, LoMaROutput
 from .mae import MAEOutput, MaskedAutoencoder
-from .registry import create_encoder, create_model, list_models, register_model
+from .registry import (
+    create_encoder,
+    create_model,
+    input_size,
+    is_pretrainer,
+    list_models,
+    register_model,
+)
 from .vit import VisionTransformer
 
 __all__ = [
+    "ConvMixer",
+    "input_size",
+    "is_pretrainer",
     "LoMaROutput",
     "LocalMaskedReconstruction",
     "MAEOutput",

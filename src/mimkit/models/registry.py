@@ -54,14 +54,26 @@ def create_encoder(name: str, **overrides) -> nn.Module:
     """The backbone of a registered model: for a pretraining model (MAE, LoMaR), the plain
     ViT encoder of the same size (random init, e.g. the baseline for a pretrained one);
     else ``name`` itself."""
-    fn = _MODELS.get(name)
-    if fn is not None and hasattr(getattr(fn, "model_cls", None), "encoder_config"):
+    if is_pretrainer(name):
         import torch
 
         with torch.device("meta"):
             args = create_model(name).encoder_config()
         return create_model("vit", **{**args, **overrides})
     return create_model(name, **overrides)
+
+
+def input_size(model: nn.Module) -> int:
+    """The image size a backbone was built for (ViT: its patch grid; ConvMixer: ``img_size``)."""
+    if hasattr(model, "patch_embed"):
+        return model.patch_embed.img_size[0]
+    return model.img_size
+
+
+def is_pretrainer(name: str) -> bool:
+    """Whether ``name`` is a pretraining model (MAE, LoMaR) with a plain-ViT encoder."""
+    fn = _MODELS.get(name)
+    return fn is not None and hasattr(getattr(fn, "model_cls", None), "encoder_config")
 
 
 def _allowed_args(fn: Callable) -> list[str]:
