@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   pretrain MAE on the shipped CIFAR-10 sample, then draw reconstructions
+#   make demo   pretrain MAE on the shipped CIFAR-10 sample, draw reconstructions, kNN top-1
 #   make test   run the test suite
 # Each creates its own virtual environment in .venv on first use.
 PYTHON ?= python3
@@ -16,10 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
+	rm -rf $(DEMO)
 	$(PY) -m mimkit pretrain --config mae_vit_tiny_cifar_demo --data examples/cifar10-mini/train --out $(DEMO)
 	$(PY) -m mimkit visualize --checkpoint $(DEMO)/checkpoint-last.pth \
 		--images examples/cifar10-mini/test --num-images 8 --out $(DEMO)/reconstructions.png
-	@echo "pictures: $(DEMO)/reconstructions.png $(DEMO)/loss.png"
+	$(PY) -m mimkit knn --checkpoint $(DEMO)/checkpoint-last.pth --data examples/cifar10-mini \
+		--out $(DEMO)/knn eval.cache_dir=none
+	@echo "pictures: $(DEMO)/reconstructions.png $(DEMO)/loss.png; kNN: $(DEMO)/knn/metrics.json"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

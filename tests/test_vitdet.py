@@ -1,0 +1,70 @@
+"""ViTDet backbone pieces: window partition, window vs global attention, zero-init relative
+bias keeps the pretrained ViT's outputs, MAE weights load unchanged, pyramid strides."""
+
+import torch
+
+import mimkit
+from mimkit.detection import SimpleFeaturePyramid, ViTDetBackbone
+from mimkit.detection.vitdet import RelPosAttention, window_partition, window_unpartition
+
+
+def test_window_partition_round_trip_with_padding():
+    x = torch.randn(2, 13, 10, 8)
+    win, padded = window_partition(x, 4)
+    assert padded == (16, 12) and win.shape == (2 * 4 * 3, 4, 4, 8)
+    assert torch.equal(window_unpartition(win, 4, padded, (13, 10)), x)
+    # the first window holds the top-left 4x4 block
+    assert torch.equal(win[0], x[0, :4, :4])
+
+
+def test_window_equal_to_grid_is_global_attention():
+    torch.manual_seed(0)
+    attn = RelPosAttention(16, 2, (6, 6))
+    torch.nn.init.normal_(attn.rel_pos_h)
+    torch.nn.init.normal_(attn.rel_pos_w)
+    x = torch.randn(2, 6, 6, 16)
+    win, padded = window_partition(x, 6)
+    torch.testing.assert_close(window_unpartition(attn(win), 6, padded, (6, 6)), attn(x))
+
+
+def _small_backbone(**kw):
+    args = dict(img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=2,
+                drop_path_rate=0.0, window_size=2, global_blocks=(1, 3),
+                pretrain_img_size=64)  # fmt: skip
+    return ViTDetBackbone(**(args | kw))
+
+
+def test_mae_weights_load_unchanged_and_zero_bias_reproduces_the_vit():
+    torch.manual_seed(0)
+    mae = mimkit.create_model("mae_vit", img_size=64, patch_size=16, embed_dim=32, depth=4,
+                              num_heads=2, decoder_embed_dim=16, decoder_depth=1,
+                              decoder_num_heads=2)  # fmt: skip
+    det = _small_backbone(window_size=0, global_blocks=(0, 1, 2, 3))  # all global: plain ViT
+    report = mimkit.load_checkpoint(det, mimkit.interop.checkpoint.Checkpoint(mae.state_dict()))
+    assert not [k for k in report.missing if "rel_pos" not in k]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        vit = mae.blocks(mae.patch_embed(x) + mae.pos_embed[:, 1:])  # no cls: as ViTDet
+        ref = vit.reshape(2, 4, 4, 32).permute(0, 3, 1, 2)
+        torch.testing.assert_close(det(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pos_embed_resized_to_detection_grid_and_pyramid_strides():
+    det = _small_backbone(img_size=128, pretrain_img_size=64)  # 4x4 table -> 8x8 grid
+    x = torch.randn(1, 3, 128, 128)
+    feat = det(x)
+    assert feat.shape == (1, 32, 8, 8)
+    fpn = SimpleFeaturePyramid(32, stride=16, out_channels=24)
+    maps = fpn(feat)
+    assert list(maps) == ["p2", "p3", "p4", "p5", "p6"]
+    for (name, m), stride in zip(maps.items(), (4, 8, 16, 32, 64)):
+        assert m.shape == (1, 24, 128 // stride, 128 // stride), name
+
+
+def test_residual_blocks_start_as_identity():
+    torch.manual_seed(0)
+    plain = _small_backbone()
+    conv = _small_backbone(residual_blocks=(1, 3))
+    conv.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(conv(x), plain(x))
