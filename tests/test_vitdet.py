@@ -1,6 +1,9 @@
 """ViTDet backbone pieces: window partition, window vs global attention, zero-init relative
 bias keeps the pretrained ViT's outputs, MAE weights load unchanged, pyramid strides."""
 
+from pathlib import Path
+
+import pytest
 import torch
 
 import mimkit
@@ -68,3 +71,52 @@ def test_residual_blocks_start_as_identity():
     conv.load_state_dict(plain.state_dict(), strict=False)
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(conv(x), plain(x))
+
+
+COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def coco128(tmp_path_factory):
+    import tarfile
+
+    if not COCO128.is_file():
+        pytest.skip(f"{COCO128} not present")
+    out = tmp_path_factory.mktemp("coco128")
+    with tarfile.open(COCO128) as tar:
+        tar.extractall(out, filter="data")
+    ann = next(out.rglob("instances_train2017.json"))
+    images = next(p for p in out.rglob("train2017") if p.is_dir())
+    return images, ann
+
+
+def test_coco_targets_and_one_mask_rcnn_step_on_real_images(coco128):
+    from mimkit.detection.coco import CocoDetection, collate
+    from mimkit.detection.maskrcnn import build_detector
+
+    images, ann = coco128
+    ds = CocoDetection(images, ann)
+    assert len(ds) == 128 and len(ds.categories) == 80
+    img, target = ds[0]
+    k = len(target["boxes"])
+    assert img.dtype == torch.float32 and img.max() <= 1 and k > 0
+    assert target["masks"].shape == (k, *img.shape[1:]) and target["masks"].sum() > 0
+    b = target["boxes"]
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    assert target["labels"].min() >= 1 and target["labels"].max() <= 80
+
+    torch.manual_seed(0)
+    model = build_detector(_small_backbone(img_size=128), num_classes=81, img_size=128,
+                           out_channels=32)  # fmt: skip
+    imgs, targets = collate([ds[0], ds[1]])
+    model.train()
+    losses = model(list(imgs), list(targets))
+    assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness"} <= set(losses)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model([imgs[0]])
+    assert {"boxes", "labels", "scores", "masks"} <= set(out[0])
