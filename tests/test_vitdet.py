@@ -120,3 +120,47 @@ def test_coco_targets_and_one_mask_rcnn_step_on_real_images(coco128):
     with torch.no_grad():
         out = model([imgs[0]])
     assert {"boxes", "labels", "scores", "masks"} <= set(out[0])
+
+
+def test_detect_train_eval_predict_from_an_mae_checkpoint(coco128, tmp_path, capsys):
+    import json
+
+    from mimkit.cli import main
+
+    images, ann = coco128
+    torch.manual_seed(0)
+    mae = mimkit.create_model("mae_vit", img_size=64, patch_size=16, embed_dim=32, depth=2,
+                              num_heads=2, decoder_embed_dim=16, decoder_depth=1,
+                              decoder_num_heads=2)  # fmt: skip
+    ckpt = tmp_path / "mae.pth"
+    torch.save({"model": mae.state_dict()}, ckpt)  # the official file layout
+    out = tmp_path / "det"
+    args = ["detect", "train", "--config", "vitdet_tiny_coco128", "--data", images,
+            f"detect.train_ann={ann}", "--checkpoint", ckpt, "--out", out, "--epochs", "1",
+            "data.img_size=128", "detect.global_blocks=[1]", "detect.out_channels=32",
+            "detect.val_split=3", "train.max_steps=2", "data.num_workers=0",
+            "train.tensorboard=false", "data.batch_size=2"]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    err = capsys.readouterr().err
+    report = next(line for line in err.splitlines() if "loaded" in line and "mae.pth" in line)
+    assert "rel_pos_h" in report and "attn.qkv" not in report  # only the rel-pos tables are new
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["num_images"] == 3 and {"bbox_AP", "segm_AP", "bbox_AP50", "segm_APl"} <= set(m)
+    state = torch.load(out / "checkpoint-last.pth", weights_only=True)
+    assert state["detector"]["backbone"]["embed_dim"] == 32
+    torch.testing.assert_close(  # pretrained weights went in (training moved them a little)
+        state["model"]["backbone.vit.blocks.0.attn.qkv.weight"], mae.blocks[0].attn.qkv.weight,
+        atol=0.05, rtol=0)  # fmt: skip
+
+    ev = tmp_path / "eval"
+    assert main(["detect", "eval", "--checkpoint", str(out / "checkpoint-last.pth"),
+                 "--images", str(images), "--ann", str(ann), "--out", str(ev),
+                 "--max-images", "2"]) == 0  # fmt: skip
+    assert json.loads((ev / "metrics.json").read_text())["num_images"] == 2
+    pics = tmp_path / "pics"
+    first = sorted(images.iterdir())[0]
+    last = str(out / "checkpoint-last.pth")
+    assert main(["detect", "predict", "--checkpoint", last, "--images", str(first),
+                 "--out", str(pics), "--score-threshold", "0"]) == 0  # fmt: skip
+    png = pics / (first.stem + ".png")
+    assert png.is_file() and png.stat().st_size > 1000

@@ -104,6 +104,23 @@ class FinetuneConfig:
 
 
 @dataclass
+class DetectConfig:
+    train_ann: str | None = None  # COCO instances_*.json for data.path (the image folder)
+    val_ann: str | None = None  # default: the last val_split images of train_ann
+    val_images: str | None = None  # default: data.path
+    val_split: int = 0  # hold out this many images of train_ann for validation (COCO128)
+    masks: bool = True  # Mask R-CNN (true) or Faster R-CNN (false)
+    window_size: int = 14
+    global_blocks: list[int] | None = None  # default: the published ones for the depth
+    residual_blocks: list[int] = field(default_factory=list)  # conv propagation after these
+    rel_pos: bool = True
+    layer_decay: float = 0.7  # ViT-B 0.7, L 0.8, H 0.9; pyramid and heads at full lr
+    scale_range: list[float] = field(default_factory=lambda: [0.1, 2.0])  # large-scale jitter
+    out_channels: int = 256
+    score_threshold: float = 0.5  # predict: draw detections above this score
+
+
+@dataclass
 class Config:
     task: str = "pretrain"
     name: str | None = None  # run name; default: preset name
@@ -115,11 +132,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     linprobe: LinprobeConfig = field(default_factory=LinprobeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
 
 
 _CHOICES = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "task": ("pretrain", "knn", "linprobe", "finetune", "qscore"),
+    "task": ("pretrain", "knn", "linprobe", "finetune", "qscore", "detect"),
     "eval.pool": ("cls", "avg"),
     "data.pipeline": ("files", "tensor_cache", "gpu_jpeg", "shards"),
     "linprobe.optimizer": ("lars", "sgd"),
@@ -148,6 +166,14 @@ TASK_DEFAULTS = {
             "betas": [0.9, 0.999],
         },
         "train": {"epochs": 50, "save_every": 10},
+    },
+    # ViTDet's COCO recipe (detectron2 projects/ViTDet): AdamW (0.9, 0.999), lr 1e-4 at
+    # batch 64 (blr 4e-4 = 1e-4 x 256 / 64), wd 0.1, drop path 0.1, 1024 px with large-scale jitter.
+    "detect": {
+        "model": {"name": "vit_base_patch16", "drop_path": 0.1},
+        "data": {"img_size": 1024, "batch_size": 2},
+        "optim": {"blr": 4e-4, "weight_decay": 0.1, "betas": [0.9, 0.999], "warmup_epochs": 0.25},
+        "train": {"epochs": 100, "save_every": 10},
     },
 }
 

@@ -9,9 +9,31 @@ import argparse
 import sys
 
 from ..errors import NonFiniteLossError, UserError
-from . import benchmark, evaluate, export, filters, info, predict, pretrain, shards, visualize
+from . import (
+    benchmark,
+    detect,
+    evaluate,
+    export,
+    filters,
+    info,
+    predict,
+    pretrain,
+    shards,
+    visualize,
+)
 
-COMMANDS = (pretrain, visualize, filters, evaluate, predict, export, benchmark, shards, info)
+COMMANDS = (
+    pretrain,
+    visualize,
+    filters,
+    evaluate,
+    detect,
+    predict,
+    export,
+    benchmark,
+    shards,
+    info,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

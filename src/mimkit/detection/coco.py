@@ -36,7 +36,8 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i):
+        i = i[0] if isinstance(i, tuple) else i  # the sampler's (index, seed)
         info = self.images[self.ids[i]]
         img = decode_image(read_file(str(self.root / info["file_name"])), ImageReadMode.RGB)
         h, w = img.shape[1:]
