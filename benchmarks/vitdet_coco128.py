@@ -56,13 +56,17 @@ def main() -> None:
     p.add_argument("--work", default="runs/vitdet-coco128")
     p.add_argument("--pretrain-epochs", type=int, default=40)
     p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--img-size", type=int, default=256, help="detection input size")
+    p.add_argument("--window", type=int, default=4, help="window attention size (tokens)")
+    p.add_argument("--reuse-pretrain", action="store_true", help="keep an existing pretrain run")
     args = p.parse_args()
     work = Path(args.work)
     images, ann = extract(args.data, work)
     ids = sorted(json.loads(ann.read_text())["images"], key=lambda im: im["id"])
     train_list = work / "pretrain_files.txt"
     train_list.write_text("\n".join(im["file_name"] for im in ids[:-28]) + "\n")
-    for d in ("pretrain", "det-mae", "det-random"):
+    reuse = args.reuse_pretrain and (work / "pretrain" / "checkpoint-last.pth").is_file()
+    for d in ("det-mae", "det-random") if reuse else ("pretrain", "det-mae", "det-random"):
         shutil.rmtree(work / d, ignore_errors=True)
     steps, cmds = {}, {}
     cmds["pretrain"] = ["pretrain", "--config", "mae_vit_base_patch16", "--data", images,
@@ -75,11 +79,16 @@ def main() -> None:
                         "train.tensorboard=false", "train.save_every=1000"]  # fmt: skip
     det = ["detect", "train", "--config", "vitdet_tiny_coco128", "--data", images,
            f"detect.train_ann={ann}", "--epochs", args.epochs, "train.tensorboard=false",
-           "model.args.depth=6"]  # fmt: skip
+           "model.args.depth=6", f"data.img_size={args.img_size}",
+           f"detect.window_size={args.window}"]  # fmt: skip
     cmds["det-mae"] = [*det, "--checkpoint", work / "pretrain" / "checkpoint-last.pth",
                        "--out", work / "det-mae"]  # fmt: skip
     cmds["det-random"] = [*det, "--checkpoint", "none", "--out", work / "det-random"]
     for name, cmd in cmds.items():
+        if name == "pretrain" and reuse:
+            steps[name] = {"seconds": None, "command": "mimkit " + " ".join(map(str, cmd)),
+                           "note": "reused from an earlier run of this script"}  # fmt: skip
+            continue
         steps[name] = {"seconds": run(cmd), "command": "mimkit " + " ".join(map(str, cmd))}
     metrics = {
         k: json.loads((work / k / "metrics.json").read_text()) for k in ("det-mae", "det-random")
