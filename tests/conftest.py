@@ -1,4 +1,5 @@
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 CIFAR_MINI = ROOT / "examples" / "cifar10-mini"
+
+# `torchrun` with 2 local processes running `mimkit` (append the command and its args).
+TORCHRUN_MIMKIT = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node=2",
+    "-m",
+    "mimkit",
+]
 
 # A tiny MAE for fast CLI/engine tests (32 px, 4 px patches, 1+1 blocks of width 32).
 TINY_MAE = [

@@ -3,23 +3,16 @@
 import json
 import os
 import subprocess
-import sys
 
 import torch
 
-from .conftest import TINY_MAE
+from .conftest import TINY_MAE, TORCHRUN_MIMKIT
 
 
 def test_two_process_gloo_pretraining(tmp_path, image_folder):
     out = tmp_path / "run"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "mimkit",
+        *TORCHRUN_MIMKIT,
         "pretrain",
         "--data",
         str(image_folder),
@@ -55,13 +48,7 @@ def test_fsdp_pretraining_saves_full_weights_and_resumes(tmp_path, image_folder)
     resumed run continues from them."""
     out = tmp_path / "run"
     base = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "mimkit",
+        *TORCHRUN_MIMKIT,
         "pretrain",
         "--device",
         "cpu",

@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +12,8 @@ import torch
 import mimkit
 from mimkit.cli import main
 from mimkit.interop.checkpoint import model_from_checkpoint
+
+from .conftest import TORCHRUN_MIMKIT
 
 TINY_ARGS = [
     "model.name=mae_vit_tiny_cifar",
@@ -370,13 +371,7 @@ def test_distributed_knn_counts_every_image_once(tmp_path, labeled_root, tiny_ma
     )
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "mimkit",
+        *TORCHRUN_MIMKIT,
         "knn",
         "--checkpoint",
         str(tiny_mae_ckpt),

@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import config as C
 from ..engine import distributed as dist
 from ..engine.checkpoint import load_training_state, resume_path
+from ..engine.loop import LoopConfig
 from ..errors import UserError
 
 
@@ -108,3 +109,22 @@ def _free_dir(path: Path) -> Path:
     while (path.parent / f"{path.name}-{n}" / "checkpoint-last.pth").exists():
         n += 1
     return path.parent / f"{path.name}-{n}"
+
+
+def loop_config(cfg, lr: float, precision: str, monitor: str | None = None) -> LoopConfig:
+    """The training loop's settings from a resolved config (every training command)."""
+    return LoopConfig(
+        epochs=cfg.train.epochs,
+        base_lr=lr,
+        min_lr=cfg.optim.min_lr,
+        warmup_epochs=cfg.optim.warmup_epochs,
+        accum_iter=cfg.optim.accum_iter,
+        clip_grad=cfg.optim.clip_grad,
+        precision=precision,
+        log_every=cfg.train.log_every,
+        save_every=cfg.train.save_every,
+        max_steps=cfg.train.max_steps,
+        monitor=monitor,
+        eval_every=cfg.train.eval_every,
+        schedule=cfg.optim.schedule,
+    )

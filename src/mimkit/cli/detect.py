@@ -17,12 +17,12 @@ from ..engine import distributed as dist
 from ..engine import precision as P
 from ..engine.checkpoint import seed_all
 from ..engine.logging import RunLogger, setup_console
-from ..engine.loop import LoopConfig, Trainer
+from ..engine.loop import Trainer
 from ..engine.optim import adamw
 from ..engine.schedule import effective_lr
 from ..errors import UserError
 from ..interop.checkpoint import Checkpoint, load_checkpoint, read_checkpoint
-from .common import add_training_flags, prepare_run_dir, resolve_config
+from .common import add_training_flags, loop_config, prepare_run_dir, resolve_config
 
 log = logging.getLogger("mimkit")
 
@@ -194,13 +194,7 @@ def cmd_train(args) -> int:
         len(train_ds), len(val_ds), spec["num_classes"] - 1, cfg.eval.checkpoint or "none",
         report or "random init", lr, out,
     )  # fmt: skip
-    loop = LoopConfig(
-        epochs=cfg.train.epochs, base_lr=lr, min_lr=cfg.optim.min_lr,
-        warmup_epochs=cfg.optim.warmup_epochs, accum_iter=cfg.optim.accum_iter,
-        clip_grad=cfg.optim.clip_grad, precision=precision, log_every=cfg.train.log_every,
-        save_every=cfg.train.save_every, max_steps=cfg.train.max_steps,
-        monitor="val/bbox_AP", eval_every=cfg.train.eval_every, schedule=cfg.optim.schedule,
-    )  # fmt: skip
+    loop = loop_config(cfg, lr, precision, monitor="val/bbox_AP")
     meta = {
         "config": C.to_dict(cfg),
         "task": "detect",

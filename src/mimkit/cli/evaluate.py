@@ -22,7 +22,7 @@ from ..engine import distributed as dist
 from ..engine import precision as P
 from ..engine.checkpoint import seed_all
 from ..engine.logging import RunLogger, setup_console
-from ..engine.loop import LoopConfig, Trainer
+from ..engine.loop import Trainer
 from ..engine.optim import adamw
 from ..engine.schedule import effective_lr
 from ..errors import UserError
@@ -41,7 +41,7 @@ from ..eval.qscore import qscore
 from ..interop.checkpoint import model_from_checkpoint
 from ..models import create_encoder, input_size, is_pretrainer
 from ..models.vit import encoder_args
-from .common import add_training_flags, prepare_run_dir, resolve_config
+from .common import add_training_flags, loop_config, prepare_run_dir, resolve_config
 
 log = logging.getLogger("mimkit")
 
@@ -199,24 +199,6 @@ def _train_loader(dataset, cfg: C.Config, device, workers: int):
     )
 
 
-def _loop(cfg: C.Config, lr: float, precision: str) -> LoopConfig:
-    return LoopConfig(
-        epochs=cfg.train.epochs,
-        base_lr=lr,
-        min_lr=cfg.optim.min_lr,
-        warmup_epochs=cfg.optim.warmup_epochs,
-        accum_iter=cfg.optim.accum_iter,
-        clip_grad=cfg.optim.clip_grad,
-        precision=precision,
-        log_every=cfg.train.log_every,
-        save_every=cfg.train.save_every,
-        max_steps=cfg.train.max_steps,
-        monitor="val/acc1",
-        eval_every=cfg.train.eval_every,
-        schedule=cfg.optim.schedule,
-    )
-
-
 def _fit_classifier(
     cfg,
     out,
@@ -239,7 +221,7 @@ def _fit_classifier(
         make_optimizer(model),  # after wrapping: FSDP replaces the parameters
         loader,
         device,
-        _loop(cfg, lr, precision),
+        loop_config(cfg, lr, precision, monitor="val/acc1"),
         out,
         meta={"config": C.to_dict(cfg), **meta},
         logger=RunLogger(out, cfg.train.tensorboard),

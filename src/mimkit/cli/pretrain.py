@@ -13,12 +13,12 @@ from ..engine import distributed as dist
 from ..engine import precision as P
 from ..engine.checkpoint import seed_all
 from ..engine.logging import RunLogger, setup_console
-from ..engine.loop import LoopConfig, Trainer
+from ..engine.loop import Trainer
 from ..engine.optim import adamw, weight_decay_groups
 from ..engine.schedule import effective_lr
 from ..errors import UserError
 from ..models import create_model
-from .common import add_training_flags, prepare_run_dir, resolve_config
+from .common import add_training_flags, loop_config, prepare_run_dir, resolve_config
 
 log = logging.getLogger("mimkit")
 
@@ -108,7 +108,7 @@ def run(cfg: C.Config, resume: Path | None = None) -> Path:
         optimizer,
         loader,
         device,
-        _loop_config(cfg, lr, precision),
+        loop_config(cfg, lr, precision),
         out,
         meta=_meta(cfg, model),
         logger=RunLogger(out, cfg.train.tensorboard),
@@ -136,22 +136,6 @@ def pretrain_loader(cfg: C.Config, data, device, img_size: int):
         device,
         cfg.data.cache_dir,
         cfg.data.cache_size,
-    )
-
-
-def _loop_config(cfg: C.Config, lr: float, precision: str) -> LoopConfig:
-    return LoopConfig(
-        epochs=cfg.train.epochs,
-        base_lr=lr,
-        min_lr=cfg.optim.min_lr,
-        warmup_epochs=cfg.optim.warmup_epochs,
-        accum_iter=cfg.optim.accum_iter,
-        clip_grad=cfg.optim.clip_grad,
-        precision=precision,
-        log_every=cfg.train.log_every,
-        save_every=cfg.train.save_every,
-        max_steps=cfg.train.max_steps,
-        schedule=cfg.optim.schedule,
     )
 
 
