@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..engine import distributed as dist
 from ..errors import UserError
+from ..utils import distributed as dist
 from .datasets import ImageDataset, collate
 from .jpeg import DeviceJpegLoader
 from .loader import EpochSampler, build_loader
@@ -74,7 +74,10 @@ def build_pretrain_loader(
         return ShardLoader(ds, batch_size, num_workers, pin, collate)
     sampler = EpochSampler(data.num_images, shuffle=True, seed=seed, rank=rank, world=world)
     if data.pipeline == "files":
-        ds = ImageDataset(data.source, pretrain_transform(img_size, scale[0], hflip))
+        # large images are decoded at a reduced scale, still 4x the crop's output size
+        ds = ImageDataset(
+            data.source, pretrain_transform(img_size, scale[0], hflip), max_side=4 * img_size
+        )
         return build_loader(ds, batch_size, sampler, num_workers, True, pin, collate)
     if data.pipeline == "gpu_jpeg":
         return DeviceJpegLoader(

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from .datasets import seeded
+from ..utils.rng import seeded
 from .loader import sample_seed
 from .sources import IMAGE_EXTENSIONS, ImageSource
 
@@ -145,7 +145,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                         return
                     img = _open(data)
                     if img is None:  # skipped; its key travels with the next sample
-                        bad.append(f"{self.shards[s].name}:{key}")
+                        bad.append((f"{self.shards[s].name}:{key}", "unreadable image"))
                         continue
                     with seeded(sample_seed(self.seed, self.epoch, zlib.crc32(key.encode()))):
                         yield self.transform(img), label, bad

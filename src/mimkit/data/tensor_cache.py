@@ -14,8 +14,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
-from ..engine import distributed as dist
-from ..engine.checkpoint import atomic_save
+from ..utils import distributed as dist
+from ..utils.io import atomic_save
 from .datasets import load_rgb
 from .device_aug import augment_batch, centre_batch
 from .loader import EpochSampler, sample_seed

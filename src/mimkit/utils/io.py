@@ -1,0 +1,169 @@
+"""Files that are never half-written and never run code.
+
+Writes go to a temp file in the same folder, are fsynced, then renamed over the target,
+so a crash or a full disk never replaces a good file with a broken one; the temp file is
+removed on failure. Reads of ``.pth``/``.pt`` files use ``torch.load(weights_only=True)``
+with a short allow-list of the plain types real checkpoints hold; anything else is refused
+with one line unless the caller says it trusts the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+TEMP_SUFFIX = ".tmp"
+
+
+class WriteError(OSError):
+    """A file could not be written (disk full, quota, permissions); one line with the cause."""
+
+
+class _Recorder:
+    """File wrapper that remembers the first OSError of a write: torch.save reports it
+    only as 'unexpected pos' from its C++ writer, which hides the real cause."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _describe(e: BaseException, recorded: OSError | None) -> str:
+    err = recorded if recorded is not None else e
+    if isinstance(err, OSError) and err.errno:
+        return os.strerror(err.errno)
+    found = re.search(r"\[Errno (\d+)\]", str(e)) or re.search(r"errno (\d+)", str(e))
+    if found:
+        return os.strerror(int(found.group(1)))
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(file)`` on a temp file beside ``path``, fsync, rename over ``path``.
+
+    Raises WriteError naming the path and the OS's reason (e.g. 'No space left on
+    device'); the previous file at ``path`` is untouched and the temp file removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    recorder = None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            recorder = _Recorder(f)
+            write(recorder)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        cause = _describe(e, recorder.error if recorder else None)
+        raise WriteError(
+            getattr(e, "errno", None) or errno.EIO,
+            f"cannot write {path}: {cause}; the previous file (if any) is unchanged",
+        ) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` through ``atomic_write``."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove temp files left by a write that was killed (``.NAME.XXXX.tmp``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _numpy_globals() -> list:
+    """NumPy scalars and dtypes, as official training checkpoints store them (an
+    optimizer's lr or weight decay read from a NumPy schedule)."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import scalar
+    dtypes = [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i4", "i8", "u1", "b1")]
+    return [scalar, np.dtype, *dtypes]
+
+
+def safe_globals() -> list:
+    """The non-tensor types a checkpoint may hold: official MAE and iBOT files carry an
+    ``argparse.Namespace`` (the training arguments) and NumPy scalars; mimkit's own
+    checkpoints hold only dicts, lists, numbers and strings."""
+    return [argparse.Namespace, *_numpy_globals()]
+
+
+_UNSAFE = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def safe_torch_load(path: str | Path, trust: bool = False, what: str = "checkpoint"):
+    """Load a torch file without running code from it.
+
+    ``trust=True`` (``--trust-checkpoint``) allows any pickled object: only for files
+    you made or vouch for. Errors are one-line ``UserError``s naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is not a {what} (empty file)")
+    if trust:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # any unpickling failure of an arbitrary file
+            raise UserError(f"{path} is not a {what} ({_first_line(e)})") from None
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _UNSAFE.search(str(e))
+        if found:
+            raise UserError(
+                f"{path} holds a Python object of type {found.group(1)}, which is not loaded "
+                "because unpickling it could run code; if you trust this file, pass "
+                "--trust-checkpoint (trust=True in Python)"
+            ) from None
+        raise UserError(f"{path} is not a {what} ({_first_line(e)})") from None
+    except Exception as e:  # the unpickler fails on garbage in many ways (IndexError too)
+        raise UserError(f"{path} is not a {what} ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) < 160 else text[:157] + "..."
