@@ -76,7 +76,9 @@ def test_corrupt_images_are_skipped_and_reported(image_folder):
     items = [ds[i] for i in range(len(ds))]
     batch = collate(items)
     assert batch["image"].shape == (len(src), 3, 32, 32)  # the batch keeps its size
-    assert set(batch["bad"]) == {str(bad), str(truncated)}  # counted once each by the trainer
+    # counted once each by the trainer; each entry carries why it was skipped
+    assert {path for path, _ in batch["bad"]} == {str(bad), str(truncated)}
+    assert all(reason for _, reason in batch["bad"])
 
 
 def test_augmentation_depends_only_on_seed(image_folder):

@@ -123,7 +123,7 @@ def test_device_jpeg_decode_handles_png_and_corrupt(tmp_path, image_folder):
     )
     batches = list(loader)
     assert all(b["image"].shape == (13, 3, 24, 24) for b in batches)
-    assert [p for b in batches for p in b["bad"]] == [str(image_folder / "cat" / "zz_bad.jpg")]
+    assert [p for b in batches for p, _ in b["bad"]] == [str(image_folder / "cat" / "zz_bad.jpg")]
 
 
 def _labels_from(ds, workers):

@@ -69,6 +69,8 @@ class TrainConfig:
     fsdp: bool = False  # shard parameters/gradients/optimizer per block (FSDP2; torchrun)
     tensorboard: bool = True  # when the tensorboard package is installed
     max_steps: int | None = None  # stop early (smoke runs)
+    dist_timeout_min: float = 10.0  # a collective waiting longer fails instead of hanging
+    max_abs_weight: float | None = 1e4  # weights beyond count as diverged and are not saved
 
 
 @dataclass
@@ -125,6 +127,7 @@ class Config:
     task: str = "pretrain"
     name: str | None = None  # run name; default: preset name
     out: str | None = None  # run folder; default: runs/<name>
+    trust_checkpoint: bool = False  # load pickled objects beyond plain types (files you trust)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -218,7 +221,7 @@ def load_config(
         if base is not None:
             layers.append(OmegaConf.create(base))
         if preset:
-            layers.append(OmegaConf.load(preset_path(preset)))
+            layers.append(_load_yaml(preset_path(preset)))
         layers.append(_parse_overrides(overrides))
         cfg = OmegaConf.merge(*layers)
         if cfg.name is None and preset:
@@ -232,6 +235,19 @@ def load_config(
         raise UserError(f"config error: {str(e).splitlines()[0]}") from None
     validate(obj)
     return obj
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    """A preset file; a syntax error is one line with file, line and column."""
+    import yaml
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{where}: YAML syntax error: {what}") from None
 
 
 def _parse_overrides(overrides) -> DictConfig:
@@ -268,9 +284,10 @@ def validate(cfg: Config) -> None:
             raise UserError(
                 f"config key '{key}' must be one of {', '.join(choices)}, got '{value}'"
             )
-    if not 0.0 <= cfg.model.mask_ratio < 1.0:
+    if not 0.0 < cfg.model.mask_ratio < 1.0:
         raise UserError(
-            f"config key 'model.mask_ratio' must be in [0, 1), got {cfg.model.mask_ratio}"
+            f"config key 'model.mask_ratio' must be between 0 and 1 (exclusive: the loss is "
+            f"taken on the masked patches), got {cfg.model.mask_ratio}"
         )
     positive = {
         "data.batch_size": cfg.data.batch_size,

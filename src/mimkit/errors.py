@@ -7,3 +7,13 @@ class UserError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; nothing was saved over the last good checkpoint."""
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a UserError, also when a DataLoader worker re-raised it with its
+    traceback ('Caught UserError in DataLoader worker process 0. Original Traceback ...')."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        _, _, text = last.partition(": ")
+    return text.splitlines()[0] if text else type(e).__name__

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import NonFiniteLossError, UserError
+from ..errors import NonFiniteLossError, UserError, one_line
+from ..utils import distributed
+from ..utils.io import WriteError
 from . import (
     benchmark,
     detect,
@@ -60,20 +62,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    code = 1
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
     except UserError as e:
-        print(f"mimkit: error: {e}", file=sys.stderr)
-        return 2
+        _say("error", one_line(e))
+        code = 2
+    except WriteError as e:
+        _say("error", str(e))
     except NonFiniteLossError as e:
-        print(f"mimkit: stopped: {e}", file=sys.stderr)
-        return 1
+        _say("stopped", str(e))
     except KeyboardInterrupt:
-        print(
-            "mimkit: interrupted; continue a training run with --resume RUN_FOLDER", file=sys.stderr
-        )
-        return 130
+        _say("interrupted", "continue a training run with --resume RUN_FOLDER")
+        code = 130
     finally:
-        from ..engine import distributed
+        # After a failure, enter no collective: the other ranks may wait in another one.
+        # Leaving the group and exiting non-zero lets torchrun stop them.
+        distributed.shutdown(failed=code != 0)
+    return code
 
-        distributed.shutdown()
+
+def _say(kind: str, message: str) -> None:
+    where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
+    print(f"mimkit: {kind}{where}: {message}", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from .. import config as C
@@ -10,6 +11,9 @@ from ..engine import distributed as dist
 from ..engine.checkpoint import load_training_state, resume_path
 from ..engine.loop import LoopConfig
 from ..errors import UserError
+from ..utils.io import atomic_write_text, remove_stale_temps
+
+log = logging.getLogger("mimkit")
 
 
 def add_training_flags(
@@ -35,12 +39,22 @@ def add_training_flags(
             metavar="PATH",
             help="continue exactly from a checkpoint file or a run folder",
         )
+    add_trust_flag(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
         help="config overrides, e.g. optim.blr=1e-3 eval.pool=avg",
+    )
+
+
+def add_trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load checkpoints holding arbitrary Python objects (this can run code from the "
+        "file: only for files you made or trust)",
     )
 
 
@@ -54,6 +68,7 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         "train.device": args.device,
         "eval.checkpoint": getattr(args, "checkpoint", None),
         "eval.pool": getattr(args, "pool", None),
+        "trust_checkpoint": True if getattr(args, "trust_checkpoint", False) else None,
     }
     return [f"{k}={_quote(v)}" for k, v in pairs.items() if v is not None]
 
@@ -70,13 +85,16 @@ def resolve_config(args, default_preset: str | None, task: str):
     base, resume = None, None
     if getattr(args, "resume", None):
         resume = resume_path(args.resume)
-        base = load_training_state(resume).get("config")
+        state = load_training_state(resume, trust=args.trust_checkpoint)
+        base, saved_model = state.get("config"), state.get("model_name")
         if base is None:
             raise UserError(f"{resume} holds no config; it was not written by mimkit")
         if not args.out:
             base["out"] = str(resume.parent)
     preset = args.config or (None if base else default_preset)
     cfg = C.load_config(preset, [*flag_overrides(args), *args.overrides], base=base, task=task)
+    if resume and task == "pretrain" and saved_model and saved_model != cfg.model.name:
+        raise UserError(f"{resume} holds {saved_model}, the config asks for {cfg.model.name}")
     return cfg, resume
 
 
@@ -93,13 +111,22 @@ def prepare_run_dir(cfg, resuming: bool) -> Path:
     else:
         out = _free_dir(Path("runs") / (cfg.name or cfg.task))
     out = Path(dist.broadcast_object(str(out)))
+    cfg.out = str(out)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        cfg.out = str(out)
-        (out / "config.yaml").write_text(C.to_yaml(cfg))
+        stale = remove_stale_temps(out)
+        if stale:
+            log.info("removed %d temp files of an interrupted write in %s", len(stale), out)
+        if not resuming:  # a resumed run's config is written once its checkpoint loaded
+            save_config(cfg)
     dist.barrier()
-    cfg.out = str(out)
     return out
+
+
+def save_config(cfg) -> None:
+    """The resolved config into the run folder (rank 0)."""
+    if dist.is_main():
+        atomic_write_text(Path(cfg.out) / "config.yaml", C.to_yaml(cfg))
 
 
 def _free_dir(path: Path) -> Path:
@@ -127,4 +154,5 @@ def loop_config(cfg, lr: float, precision: str, monitor: str | None = None) -> L
         monitor=monitor,
         eval_every=cfg.train.eval_every,
         schedule=cfg.optim.schedule,
+        max_abs_weight=cfg.train.max_abs_weight,
     )

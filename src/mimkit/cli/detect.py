@@ -22,7 +22,14 @@ from ..engine.optim import adamw
 from ..engine.schedule import effective_lr
 from ..errors import UserError
 from ..interop.checkpoint import Checkpoint, load_checkpoint, read_checkpoint
-from .common import add_training_flags, loop_config, prepare_run_dir, resolve_config
+from .common import (
+    add_training_flags,
+    add_trust_flag,
+    loop_config,
+    prepare_run_dir,
+    resolve_config,
+    save_config,
+)
 
 log = logging.getLogger("mimkit")
 
@@ -46,6 +53,7 @@ def add_parser(sub) -> None:
     e.add_argument("--out", default="runs/detect-eval", help="folder for metrics.json")
     e.add_argument("--max-images", type=int, default=None, help="evaluate the first N images")
     e.add_argument("--device", default="auto")
+    add_trust_flag(e)
     e.set_defaults(func=cmd_eval)
     r = actions.add_parser("predict", help="draw boxes, masks and labels on images (PNG)")
     r.add_argument("--checkpoint", required=True, help="a `mimkit detect train` checkpoint")
@@ -53,6 +61,7 @@ def add_parser(sub) -> None:
     r.add_argument("--out", default="detections", help="folder for the PNGs")
     r.add_argument("--score-threshold", type=float, default=0.5)
     r.add_argument("--device", default="auto")
+    add_trust_flag(r)
     r.set_defaults(func=cmd_predict)
 
 
@@ -66,7 +75,7 @@ def backbone_args(cfg: C.Config) -> tuple[dict, Checkpoint | None]:
 
     ckpt = None
     if cfg.eval.checkpoint and cfg.eval.checkpoint != "none":
-        ckpt = read_checkpoint(cfg.eval.checkpoint)
+        ckpt = read_checkpoint(cfg.eval.checkpoint, trust=cfg.trust_checkpoint)
         vit = infer_vit_args(ckpt.state_dict)
         pre = vit.get("img_size", 224)
     else:
@@ -167,7 +176,7 @@ def cmd_train(args) -> int:
         print(C.to_yaml(cfg), end="")
         return 0
     device = dist.resolve_device(cfg.train.device)
-    dist.init(device)
+    dist.init(device, cfg.train.dist_timeout_min)
     setup_console()
     precision = P.resolve(cfg.train.precision, device)
     train_ds, val_ds, val_ann = _splits(cfg)
@@ -207,7 +216,8 @@ def cmd_train(args) -> int:
                       logger=RunLogger(out, cfg.train.tensorboard))  # fmt: skip
     seed_all(cfg.train.seed + 1 + dist.rank())
     if resume:
-        trainer.resume(resume)
+        trainer.resume(resume, trust=cfg.trust_checkpoint)
+        save_config(cfg)
     trainer.fit()
     _write_metrics(out, {"checkpoint": cfg.eval.checkpoint or "none", **task.last_metrics})
     return 0
@@ -223,9 +233,11 @@ def _write_metrics(out: Path, metrics: dict) -> None:
 # ---------------------------------------------------------------------------- eval / predict
 
 
-def load_detector(path: str, device) -> tuple[torch.nn.Module, dict]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("task") != "detect" or "detector" not in state:
+def load_detector(path: str, device, trust: bool = False) -> tuple[torch.nn.Module, dict]:
+    from ..utils.io import safe_torch_load
+
+    state = safe_torch_load(path, trust=trust)
+    if not isinstance(state, dict) or state.get("task") != "detect" or "detector" not in state:
         raise UserError(
             f"{path} is not a detector checkpoint (write one with `mimkit detect train`)"
         )
@@ -239,7 +251,7 @@ def cmd_eval(args) -> int:
 
     setup_console()
     device = dist.resolve_device(args.device)
-    model, state = load_detector(args.checkpoint, device)
+    model, state = load_detector(args.checkpoint, device, args.trust_checkpoint)
     ds = CocoDetection(args.images, args.ann)
     if args.max_images:
         ds.ids = ds.ids[: args.max_images]
@@ -259,7 +271,7 @@ def cmd_predict(args) -> int:
 
     setup_console()
     device = dist.resolve_device(args.device)
-    model, state = load_detector(args.checkpoint, device)
+    model, state = load_detector(args.checkpoint, device, args.trust_checkpoint)
     names = state.get("names", {})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

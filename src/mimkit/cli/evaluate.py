@@ -41,7 +41,7 @@ from ..eval.qscore import qscore
 from ..interop.checkpoint import model_from_checkpoint
 from ..models import create_encoder, input_size, is_pretrainer
 from ..models.vit import encoder_args
-from .common import add_training_flags, loop_config, prepare_run_dir, resolve_config
+from .common import add_training_flags, loop_config, prepare_run_dir, resolve_config, save_config
 
 log = logging.getLogger("mimkit")
 
@@ -90,7 +90,7 @@ def _start(args, task: str):
         print(C.to_yaml(cfg), end="")
         return None
     device = dist.resolve_device(cfg.train.device)
-    dist.init(device)
+    dist.init(device, cfg.train.dist_timeout_min)
     setup_console()
     seed_all(cfg.train.seed)  # same head / random-init weights on every rank and every run
     return cfg, resume, device, P.resolve(cfg.train.precision, device)
@@ -112,7 +112,9 @@ def _backbone(cfg: C.Config, device, **overrides) -> tuple[nn.Module, object]:
             args = encoder_args(args)
         model, report = create_encoder(cfg.model.name, **{**args, **overrides}), None
     else:
-        model, report = model_from_checkpoint(ckpt, kind="encoder", **overrides)
+        model, report = model_from_checkpoint(
+            ckpt, kind="encoder", trust=cfg.trust_checkpoint, **overrides
+        )
     if getattr(model, "channels_last", False):
         model = model.to(memory_format=torch.channels_last)
     return model.to(device), report
@@ -153,7 +155,14 @@ def _split_features(cfg: C.Config, model, splits, device, precision, out: Path) 
         )
     skipped = sorted(set(results[0]["bad"]) | set(results[1]["bad"]))
     if skipped:
-        log.warning("%d unreadable images left out (first: %s)", len(skipped), skipped[0])
+        why = {**results[0].get("reasons", {}), **results[1].get("reasons", {})}
+        first = skipped[0]
+        log.warning(
+            "%d unreadable images left out (first: %s, %s)",
+            len(skipped),
+            first,
+            why.get(first, "unreadable"),
+        )
     return results[0], results[1], skipped
 
 
@@ -228,7 +237,8 @@ def _fit_classifier(
     )
     seed_all(cfg.train.seed + 1 + dist.rank())  # mixup / drop path differ across ranks
     if resume:
-        trainer.resume(resume)
+        trainer.resume(resume, trust=cfg.trust_checkpoint)
+        save_config(cfg)
     last = trainer.fit()
     metrics = {
         "protocol": cfg.task,
@@ -326,6 +336,7 @@ def cmd_linprobe(args) -> int:
     cached = cfg.linprobe.cache and not cfg.linprobe.augment
     if cached:  # the encoder runs once; the head trains on stored features
         train, val, _ = _split_features(cfg, backbone, splits, device, precision, out)
+        _clamp_batch(cfg, len(train["labels"]))
         loader = _train_loader(_FeatureSet(train["features"], train["labels"]), cfg, device, 0)
         val_loader = _eval_loader_features(val, cfg)
         encoder = None
@@ -373,6 +384,20 @@ def cmd_linprobe(args) -> int:
         splits.classes,
     )
     return 0
+
+
+def _clamp_batch(cfg: C.Config, n: int) -> None:
+    """Cached features: a batch larger than the data is clamped to it (with a note), so
+    a small labeled set works with the ImageNet-sized default batch."""
+    per_rank = -(-n // dist.world_size())
+    if cfg.data.batch_size > per_rank:
+        log.info(
+            "batch size %d is more than the %d training images per process: using %d",
+            cfg.data.batch_size,
+            per_rank,
+            per_rank,
+        )
+        cfg.data.batch_size = per_rank
 
 
 def _eval_loader_features(val: dict, cfg: C.Config):

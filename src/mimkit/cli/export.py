@@ -1,4 +1,4 @@
-"""``mimkit export``: weights that timm loads, or a TorchScript / ONNX classifier."""
+"""``mimkit export``: weights that timm loads, or a TorchScript / ONNX model."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 import logging
 
 from ..engine.logging import setup_console
-from ..errors import UserError
 from ..interop import export as E
 from ..interop.checkpoint import model_from_checkpoint
 from ..interop.fold import fold_batchnorm
 from ..models import input_size
+from .common import add_trust_flag
 
 log = logging.getLogger("mimkit")
 
@@ -20,28 +20,31 @@ def add_parser(sub) -> None:
         "export",
         help="export to timm (safetensors), TorchScript or ONNX",
         description="Export an encoder or fine-tuned classifier. --format timm writes timm's "
-        "VisionTransformer layout and <out>.json with the timm.create_model arguments; "
-        "torchscript and onnx export a fine-tuned classifier (input: normalised images).",
+        "VisionTransformer layout and a JSON with the timm.create_model arguments; "
+        "torchscript and onnx export a classifier (images -> logits) or an encoder "
+        "(images -> pooled features); input: normalised images.",
     )
     p.add_argument("--checkpoint", required=True, help="mimkit or official MAE checkpoint")
+    add_trust_flag(p)
     p.add_argument("--format", choices=("timm", "torchscript", "onnx"), default="timm")
-    p.add_argument("--out", required=True, help="output file (.safetensors, .pt or .onnx)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output file (.safetensors, .pt or .onnx), or a folder (model.<ext> inside)",
+    )
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
     setup_console()
-    model, _ = model_from_checkpoint(args.checkpoint, kind="encoder")
+    model, _ = model_from_checkpoint(args.checkpoint, kind="encoder", trust=args.trust_checkpoint)
+    out = E.output_path(args.out, args.format)
     if args.format == "timm":
-        recipe = E.export_timm(model, args.out)
+        recipe = E.export_timm(model, out)
         print(json.dumps(recipe, indent=2))
         return 0
-    if not getattr(model, "num_classes", 0):
-        raise UserError(
-            f"{args.checkpoint} has no classifier head; {args.format} export is for "
-            "fine-tuned classifiers (mimkit finetune), use --format timm for encoders"
-        )
     size = input_size(model)
+    classifier = bool(getattr(model, "num_classes", 0))
     folds = fold_batchnorm(model.eval())  # exact in eval mode; says what could not fold
     if folds["folded"] or folds["kept"]:
         log.info(
@@ -51,10 +54,12 @@ def cmd_export(args) -> int:
             ", ".join(folds["folded"]) or "-",
             len(folds["kept"]),
         )
+    target = model if classifier else E.FeatureExtractor(model)
     fn = E.export_torchscript if args.format == "torchscript" else E.export_onnx
-    path = fn(model, args.out, size)
+    path = fn(target, out, size)
+    what = "logits" if classifier else f"features (N, {model.num_features})"
     print(
         f"wrote {path} (input: float images (N, 3, {size}, {size}) normalised with ImageNet "
-        "mean/std; output: logits)"
+        f"mean/std; output: {what})"
     )
     return 0

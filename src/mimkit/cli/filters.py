@@ -10,6 +10,7 @@ import torch
 from ..engine.logging import setup_console
 from ..errors import UserError
 from ..interop.checkpoint import model_from_checkpoint
+from .common import add_trust_flag
 
 
 def add_parser(sub) -> None:
@@ -21,6 +22,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="ConvMixer checkpoint (mimkit)")
     p.add_argument("--out", default="filters.png", help="PNG to write")
+    add_trust_flag(p)
     p.add_argument("--layer", type=int, default=0, help="block whose depthwise kernels to draw")
     p.add_argument("--max-filters", type=int, default=256, help="at most this many per grid")
     p.set_defaults(func=cmd_filters)
@@ -28,7 +30,7 @@ def add_parser(sub) -> None:
 
 def cmd_filters(args) -> int:
     setup_console()
-    model, _ = model_from_checkpoint(args.checkpoint, kind="encoder")
+    model, _ = model_from_checkpoint(args.checkpoint, kind="encoder", trust=args.trust_checkpoint)
     if not hasattr(model, "depthwise_kernels"):
         raise UserError(
             f"{args.checkpoint} is not a ConvMixer: visualize-filters draws convolution filters"

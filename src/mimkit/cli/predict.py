@@ -18,6 +18,7 @@ from ..engine.logging import setup_console
 from ..errors import UserError
 from ..interop.checkpoint import model_from_checkpoint, read_checkpoint
 from ..models import input_size
+from .common import add_trust_flag
 
 log = logging.getLogger("mimkit")
 
@@ -30,8 +31,10 @@ def add_parser(sub) -> None:
         "(searched recursively), from a mimkit finetune checkpoint or an "
         "official fine-tuned MAE file.",
     )
-    p.add_argument("paths", nargs="+", help="image files and/or folders")
+    p.add_argument("paths", nargs="*", help="image files and/or folders")
+    p.add_argument("--images", nargs="+", default=[], help="image files and/or folders (same)")
     p.add_argument("--checkpoint", required=True)
+    add_trust_flag(p)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=2)
@@ -84,7 +87,7 @@ def collect(paths: list[str]) -> list[str]:
 def cmd_predict(args) -> int:
     setup_console()
     device = dist.resolve_device(args.device)
-    ckpt = read_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
     model, _ = model_from_checkpoint(ckpt, kind="encoder")
     if not getattr(model, "num_classes", 0):
         raise UserError(
@@ -92,7 +95,9 @@ def cmd_predict(args) -> int:
         )
     classes = _classes(args.classes, ckpt.meta.get("classes"), model.num_classes)
     model.to(device).eval()
-    files = collect(args.paths)
+    if not args.paths and not args.images:
+        raise UserError("no images given: mimkit predict --checkpoint CKPT --images a.jpg dir/")
+    files = collect([*args.paths, *args.images])
     loader = torch.utils.data.DataLoader(
         _Files(files, eval_transform(input_size(model))),
         batch_size=args.batch_size,

@@ -18,7 +18,7 @@ from ..engine.optim import adamw, weight_decay_groups
 from ..engine.schedule import effective_lr
 from ..errors import UserError
 from ..models import create_model
-from .common import add_training_flags, loop_config, prepare_run_dir, resolve_config
+from .common import add_training_flags, loop_config, prepare_run_dir, resolve_config, save_config
 
 log = logging.getLogger("mimkit")
 
@@ -66,7 +66,7 @@ def build_model(cfg: C.Config):
 def run(cfg: C.Config, resume: Path | None = None) -> Path:
     """Everything a pretraining run does, from config to checkpoints and pictures."""
     device = dist.resolve_device(cfg.train.device)
-    dist.init(device)
+    dist.init(device, cfg.train.dist_timeout_min)
     setup_console()
     precision = P.resolve(cfg.train.precision, device)
     # fails before any model is built when the data is missing or empty
@@ -115,7 +115,8 @@ def run(cfg: C.Config, resume: Path | None = None) -> Path:
     )
     seed_all(cfg.train.seed + 1 + dist.rank())  # masking noise differs across ranks
     if resume:
-        trainer.resume(resume)
+        trainer.resume(resume, trust=cfg.trust_checkpoint)
+        save_config(cfg)
     trainer.fit()
     if dist.is_main():
         if cfg.train.fsdp:  # the sharded model cannot run on one rank: reload the weights
@@ -159,17 +160,17 @@ def _pictures(model, source, out: Path, cfg: C.Config, device) -> None:
     from ..viz.curves import plot_curves
     from .visualize import reconstruction_grid
 
-    plot_curves(out / "log.jsonl", out / "loss.png")
-    if source is None:  # shards: no file paths to draw from
-        return
-    step = max(1, len(source) // 8)
-    paths = source.paths[::step][:8]
-    reconstruction_grid(
-        model,
-        paths,
-        out / "reconstructions.png",
-        cfg.model.mask_ratio,
-        seed=cfg.train.seed,
-        device=device,
-    )
-    log.info("pictures: %s, %s", out / "loss.png", out / "reconstructions.png")
+    written = [plot_curves(out / "log.jsonl", out / "loss.png")]
+    if source is not None:  # shards: no file paths to draw from
+        step = max(1, len(source) // 8)
+        reconstruction_grid(
+            model,
+            source.paths[::step][:8],
+            out / "reconstructions.png",
+            cfg.model.mask_ratio,
+            seed=cfg.train.seed,
+            device=device,
+        )
+        written.append(out / "reconstructions.png")
+    written = [str(p) for p in written if p is not None]
+    log.info("pictures: %s", ", ".join(written) if written else "none (nothing was trained)")

@@ -15,6 +15,7 @@ from ..engine.logging import setup_console
 from ..errors import UserError
 from ..interop.checkpoint import model_from_checkpoint
 from ..viz.recon import reconstruct, reconstruct_windows, save_grid
+from .common import add_trust_flag
 
 log = logging.getLogger("mimkit")
 
@@ -31,6 +32,7 @@ def add_parser(sub) -> None:
         "--checkpoint", required=True, help="MAE checkpoint with its decoder, or a LoMaR checkpoint"
     )
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
+    add_trust_flag(p)
     p.add_argument("--out", default="reconstructions.png", help="PNG to write")
     p.add_argument("--mask-ratio", type=float, default=None, help="default: the model's (0.75)")
     p.add_argument("--seed", type=int, default=0, help="seed of the masking noise")
@@ -42,7 +44,7 @@ def add_parser(sub) -> None:
 def cmd_visualize(args) -> int:
     setup_console()
     device = dist.resolve_device(args.device)
-    model, _ = model_from_checkpoint(args.checkpoint, kind="mae")
+    model, _ = model_from_checkpoint(args.checkpoint, kind="mae", trust=args.trust_checkpoint)
     model.to(device)
     paths = collect_images(args.images, args.num_images)
     loss = reconstruction_grid(model, paths, args.out, args.mask_ratio, args.seed, device)

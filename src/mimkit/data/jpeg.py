@@ -138,7 +138,11 @@ class DeviceJpegLoader:
         for b, batch in enumerate(self.loader):
             decoded = decode_batch(split_encoded(batch), self.device)
             good = [k for k, img in enumerate(decoded) if img is not None]
-            bad = [batch["paths"][k] for k, img in enumerate(decoded) if img is None]
+            bad = [
+                (batch["paths"][k], "not a decodable JPEG")
+                for k, img in enumerate(decoded)
+                if img is None
+            ]
             if not good:
                 raise RuntimeError(f"no decodable image in a batch (first: {batch['paths'][0]})")
             slots = [

@@ -56,6 +56,13 @@ def _from_lists(root: str, train_list: str, val_list: str) -> Splits:
     for name, src in ((train_list, train), (val_list, val)):
         if src.labels is None:
             raise UserError(f"{name} has no labels: write 'relative/path.jpg LABEL' per line")
+    only_val = sorted(set(val.labels) - set(train.labels))
+    if only_val:
+        raise UserError(
+            f"{val_list} has labels that never occur in {train_list}: "
+            f"{', '.join(map(str, only_val[:10]))}{' ...' if len(only_val) > 10 else ''} "
+            "(a classifier cannot learn them; are the two lists from the same dataset?)"
+        )
     n = max(max(train.labels), max(val.labels)) + 1
     classes = [str(i) for i in range(n)]
     train.classes = val.classes = classes

@@ -6,11 +6,14 @@ A source is a list of paths plus optional integer labels (class subfolders or a
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+
+log = logging.getLogger("mimkit")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -32,14 +35,7 @@ def FolderSource(root: str | Path) -> ImageSource:  # noqa: N802  (reads like a 
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data folder not found: {root}")
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        paths += [
-            os.path.join(dirpath, f)
-            for f in sorted(filenames)
-            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-        ]
+    paths = walk_images(root)
     if not paths:
         raise UserError(
             f"no images found under {root} (searched recursively for {', '.join(IMAGE_EXTENSIONS)})"
@@ -50,6 +46,37 @@ def FolderSource(root: str | Path) -> ImageSource:  # noqa: N802  (reads like a 
         index = {c: i for i, c in enumerate(classes)}
         return ImageSource(paths, [index[p[0]] for p in rel_parts], classes, str(root))
     return ImageSource(paths, None, [], str(root))
+
+
+def walk_images(root: Path) -> list[str]:
+    """Image files below ``root``, sorted. Symlinked folders are followed once each (a
+    folder reached again, e.g. through a link to a parent, is not entered: no loops), and
+    a file reached through several links is listed once."""
+    seen_dirs, seen_files, paths, dropped = set(), set(), [], 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(
+            d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen_dirs
+        )
+        for f in sorted(filenames):
+            if not f.lower().endswith(IMAGE_EXTENSIONS) or f.startswith("."):
+                continue
+            path = os.path.join(dirpath, f)
+            key = os.path.realpath(path)
+            if key in seen_files:
+                dropped += 1
+                continue
+            seen_files.add(key)
+            paths.append(path)
+    if dropped:
+        log.info(
+            "%s: %d duplicate files (reached again through symlinks) listed once", root, dropped
+        )
+    return paths
 
 
 def FileListSource(root: str | Path, list_file: str | Path) -> ImageSource:  # noqa: N802
@@ -70,10 +97,33 @@ def FileListSource(root: str | Path, list_file: str | Path) -> ImageSource:  # n
             paths.append(str(root / line))
     if not paths:
         raise UserError(f"file list {list_file} names no images")
+    _check_listed_exist(paths, list_file)
     if labels and len(labels) != len(paths):
         raise UserError(f"{list_file}: some lines have a label and some do not; give all or none")
     classes = [str(c) for c in range(max(labels) + 1)] if labels else []
     return ImageSource(paths, labels or None, classes, str(root))
+
+
+def _check_listed_exist(paths: list[str], list_file: Path, sample: int = 1000) -> None:
+    """Up front, before any worker starts: a list whose files are not there (a wrong
+    root, say) is one line, not a traceback after many failed reads. Checks up to
+    ``sample`` entries spread over the list."""
+    step = max(1, len(paths) // sample)
+    probe = paths[::step][:sample]
+    missing = [p for p in probe if not os.path.isfile(p)]
+    if len(missing) == len(probe):
+        raise UserError(
+            f"none of the files named in {list_file} exists (first: {missing[0]}): paths are "
+            "relative to --data, is it the right root?"
+        )
+    if missing:
+        log.warning(
+            "%s: %d of %d checked files are missing (first: %s); they will be skipped",
+            list_file,
+            len(missing),
+            len(probe),
+            missing[0],
+        )
 
 
 def _is_int(s: str) -> bool:

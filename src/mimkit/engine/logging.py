@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
-from . import distributed as dist
+from ..utils import distributed as dist
+from ..utils.io import atomic_write_text
 
 log = logging.getLogger("mimkit")
 
@@ -67,15 +67,33 @@ class RunLogger:
                 if isinstance(v, (int, float)) and k not in ("step", "time", "epoch"):
                     self.tb.add_scalar(f"{kind}/{k}", v, record["step"])
 
+    def truncate(self, step: int, epochs_done: int) -> int:
+        """On resume: drop rows written after the checkpoint (steps redone after a kill),
+        so the log holds each step once. Returns how many rows were dropped."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        rows = read_log(self.path)
+        keep = [r for r in rows if not _after(r, step, epochs_done)]
+        if len(keep) != len(rows):
+            text = "".join(json.dumps(r, default=_jsonable) + "\n" for r in keep)
+            atomic_write_text(self.path, text)
+        return len(rows) - len(keep)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
 
 
+def _after(row: dict, step: int, epochs_done: int) -> bool:
+    if row.get("kind") == "train":
+        return row.get("step", 0) > step
+    if row.get("kind") == "epoch":
+        return row.get("epoch", 0) > epochs_done
+    return False
+
+
 def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return str(x)
+    return str(x)  # tensors, paths, numpy scalars: their printed form
 
 
 def read_log(path: str | Path) -> list[dict]:

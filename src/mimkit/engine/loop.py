@@ -19,9 +19,11 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import NonFiniteLossError, UserError
+from ..utils.io import atomic_save
+from ..utils.rng import rng_state, set_rng_state
 from . import distributed as dist
 from . import precision as P
-from .checkpoint import atomic_save, load_training_state, rng_state, set_rng_state
+from .checkpoint import LAST, load_training_state
 from .logging import RunLogger
 from .optim import set_lr
 from .schedule import lr_at
@@ -52,6 +54,7 @@ class LoopConfig:
     monitor: str | None = None  # metric that selects checkpoint-best.pth (higher is better)
     eval_every: int = 1
     schedule: str = "cosine"  # cosine (warmup + half-cosine) | onecycle (ConvMixer)
+    max_abs_weight: float | None = 1e4  # larger weights count as diverged: not saved
 
 
 @dataclass
@@ -90,9 +93,10 @@ class Trainer:
         self.micro_steps = steps  # micro-batches per epoch (a multiple of accum_iter)
 
     # ------------------------------------------------------------------ public
-    def resume(self, path: str | Path) -> None:
+    def resume(self, path: str | Path, trust: bool = False) -> None:
         """Restore model, optimizer, scaler, counters and RNG from a checkpoint."""
-        state = load_training_state(Path(path))
+        state = load_training_state(Path(path), trust=trust)
+        self._check_same_model(state, path)
         if dist.is_fsdp(self.model):  # every rank holds the full dicts; each keeps its shard
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -104,8 +108,12 @@ class Trainer:
                 options=StateDictOptions(full_state_dict=True),
             )
         else:
-            dist.unwrap(self.model).load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                dist.unwrap(self.model).load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                why = "; ".join(self._arch_diffs(state)) or _first(e)
+                raise UserError(f"{path} does not fit this run's model: {why}") from None
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.state.epoch = state["epoch"] + 1
@@ -120,7 +128,32 @@ class Trainer:
                 len(rngs),
                 dist.world_size(),
             )
-        log.info("resumed from %s at epoch %d (step %d)", path, self.state.epoch, self.state.step)
+        self.logger.truncate(self.state.step, self.state.epoch)
+        log.info(
+            "resumed from %s after epoch %d (step %d); next: epoch %d/%d",
+            path,
+            self.state.epoch,
+            self.state.step,
+            self.state.epoch + 1,
+            self.cfg.epochs,
+        )
+
+    def _check_same_model(self, state: dict, path) -> None:
+        """One line when the checkpoint holds another model than the run builds."""
+        mine = self.meta.get("model_name")
+        theirs = state.get("model_name")
+        if mine and theirs and mine != theirs:
+            raise UserError(f"{path} holds {theirs}, the config asks for {mine}")
+
+    def _arch_diffs(self, state: dict) -> list[str]:
+        ours, saved = self.meta.get("model_args"), state.get("model_args")
+        if not (isinstance(ours, dict) and isinstance(saved, dict)):
+            return []
+        return [
+            f"{k} {saved[k]} in the checkpoint vs {ours[k]} in the config"
+            for k in sorted(set(ours) & set(saved))
+            if saved[k] != ours[k]
+        ]
 
     def fit(self) -> dict:
         last = {}
@@ -159,7 +192,7 @@ class Trainer:
             if i >= self.micro_steps or self._out_of_steps():
                 break
             window.wait += time.perf_counter() - t_wait
-            self._note_bad(batch.pop("bad", []))
+            self._note_bad(batch.pop("bad", []) if isinstance(batch, dict) else [])
             loss = self._micro_step(epoch, i, batch)
             n = _batch_size(batch)
             window.add(loss, n)
@@ -250,17 +283,62 @@ class Trainer:
     def _check_finite(self, loss: float, epoch: int) -> None:
         if not math.isfinite(loss):
             raise NonFiniteLossError(
-                f"loss is {loss} at epoch {epoch + 1}, step {self.state.step}; nothing was saved "
-                f"over the last good checkpoint in {self.out_dir}. Try a lower lr, "
-                "optim.clip_grad=1.0 or train.precision=fp32, then --resume"
+                f"the training loss became {loss} at epoch {epoch + 1}, step {self.state.step}; "
+                f"{self._saved_note()}"
             )
 
-    def _note_bad(self, paths: list[str]) -> None:
-        for p in paths:
-            if p not in self.state.bad_images:
-                self.state.bad_images.add(p)
+    def _check_weights(self, epoch: int) -> None:
+        """Before any save: every parameter finite and below ``max_abs_weight`` (a diverged
+        update of the epoch's last step must not replace a good checkpoint)."""
+        worst, name = 0.0, None
+        for n, p in dist.unwrap(self.model).named_parameters():
+            t = p.detach()
+            t = t.to_local() if hasattr(t, "to_local") else t  # FSDP shard
+            if t.numel() == 0:
+                continue
+            m = t.abs().max().float()
+            m = math.inf if not torch.isfinite(m) else m.item()
+            if m > worst:
+                worst, name = m, n
+        worst_all = dist.all_gather_object(worst)
+        limit = self.cfg.max_abs_weight
+        bad = not all(math.isfinite(w) for w in worst_all) or (
+            limit is not None and max(worst_all) > limit
+        )
+        if bad:
+            what = "non-finite" if not math.isfinite(max(worst_all)) else f"{max(worst_all):.3g}"
+            where = f" (largest in {name})" if name and dist.is_main() else ""
+            raise NonFiniteLossError(
+                f"the weights diverged at epoch {epoch + 1}, step {self.state.step}: max |w| is "
+                f"{what}{where}, above train.max_abs_weight={limit}; {self._saved_note()}"
+            )
+
+    def _saved_note(self) -> str:
+        """What is on disk, truthfully, for the stop messages."""
+        last = self.out_dir / LAST
+        if not last.is_file():
+            return f"nothing was saved and no checkpoint exists yet in {self.out_dir}"
+        done = self._saved_epoch(last)
+        at = f" (after epoch {done})" if done is not None else ""
+        return (
+            f"nothing was saved: {last}{at} is unchanged; once the cause is fixed, continue "
+            f"from it with --resume {self.out_dir}"
+        )
+
+    @staticmethod
+    def _saved_epoch(path: Path) -> int | None:
+        try:
+            return int(load_training_state(path)["epoch"]) + 1
+        except Exception:  # only for a message
+            return None
+
+    def _note_bad(self, entries: list) -> None:
+        for entry in entries:
+            path, reason = entry if isinstance(entry, (tuple, list)) else (entry, "")
+            if path not in self.state.bad_images:
+                self.state.bad_images.add(path)
                 if len(self.state.bad_images) <= 5:
-                    log.warning("skipped unreadable image %s", p)
+                    log.warning("skipped unreadable image %s (%s)", path, reason or "unreadable")
 
     def _gather_bad(self) -> int:
         bad = set().union(*dist.all_gather_object(sorted(self.state.bad_images)))
@@ -295,6 +373,7 @@ class Trainer:
         return dist.unwrap(self.model).state_dict(), self.optimizer.state_dict()
 
     def _save(self, epoch: int, metrics: dict) -> None:
+        self._check_weights(epoch)
         rngs = dist.all_gather_object(rng_state())
         model_sd, optim_sd = self._state_dicts()
         if not dist.is_main():
@@ -312,7 +391,7 @@ class Trainer:
             "mimkit_version": __version__,
             **self.meta,
         }
-        atomic_save(state, self.out_dir / "checkpoint-last.pth")
+        atomic_save(state, self.out_dir / LAST)
         done = epoch + 1
         if done % self.cfg.save_every == 0 or done == self.cfg.epochs:
             atomic_save(state, self.out_dir / f"checkpoint-{done:04d}.pth")
@@ -365,6 +444,12 @@ def _to_device(batch, device: torch.device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
+
+
+def _first(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) < 200 else text[:197] + "..."
 
 
 def _fmt(stats: dict) -> str:

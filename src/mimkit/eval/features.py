@@ -56,7 +56,8 @@ def extract(
     """Features of every readable image, each counted once across ranks.
 
     Returns {'features': (N, D) float32, 'labels': (N,), 'paths': [N], 'bad': [paths]}
-    on every rank, in source order; unreadable images are left out and listed in 'bad'.
+    on every rank, in source order; unreadable images are left out and listed in 'bad'
+    (their reasons in 'reasons', path -> reason).
     """
     model.eval()
     sampler = EpochSampler(
@@ -71,14 +72,14 @@ def extract(
         pin_memory=device.type == "cuda",
         collate_fn=collate,
     )
-    feats, bad = [], set()
+    feats, bad = [], {}
     for batch in tqdm(loader, desc=desc, disable=None if dist.is_main() else True, leave=False):
-        bad.update(batch["bad"])
+        bad.update((p, why) for p, why in batch["bad"])
         with P.autocast(precision, device):
             f = encode(model, batch["image"].to(device, non_blocking=True))
         feats.append(f.float().cpu())
     mine = torch.cat(feats) if feats else torch.zeros(0, 0)
-    return _assemble(dist.all_gather_object((mine, sorted(bad))), source)
+    return _assemble(dist.all_gather_object((mine, bad)), source)
 
 
 def _assemble(parts: list, source: ImageSource) -> dict:
@@ -88,15 +89,15 @@ def _assemble(parts: list, source: ImageSource) -> dict:
     features = torch.empty(n, dim)
     for r, (f, _) in enumerate(parts):
         features[r::world] = f
-    bad = sorted(set().union(*(set(b) for _, b in parts)))
-    bad_set = set(bad)
-    keep = [i for i, p in enumerate(source.paths) if p not in bad_set]
+    reasons = {p: why for _, b in parts for p, why in b.items()}
+    keep = [i for i, p in enumerate(source.paths) if p not in reasons]
     labels = torch.tensor(source.labels if source.labels is not None else [-1] * n)
     return {
         "features": features[keep],
         "labels": labels[keep],
         "paths": [source.paths[i] for i in keep],
-        "bad": bad,
+        "bad": sorted(reasons),
+        "reasons": reasons,
     }
 
 

@@ -8,10 +8,8 @@ dicts, bare state dicts, ``.pth``/``.pt``/``.bin`` and ``.safetensors``. DDP
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from ..errors import UserError
+from ..utils.io import safe_torch_load
 
 log = logging.getLogger("mimkit")
 
@@ -36,14 +35,20 @@ class Checkpoint:
     path: str = "<memory>"
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a file into a plain state dict + metadata. Raises UserError with the path."""
+def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
+    """Load a file into a plain state dict + metadata. Raises UserError with the path.
+
+    ``.pth`` files are read with ``weights_only=True`` and a short allow-list of plain
+    types (see ``utils.io.safe_torch_load``); ``trust=True`` lifts it for files you vouch
+    for (it lets the file run code)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    obj = _torch_load(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a checkpoint file")
+    obj = safe_torch_load(path, trust=trust)
     sd, meta = _extract(obj, path)
     return Checkpoint(_strip_prefixes(sd), meta, str(path))
 
@@ -71,28 +76,9 @@ def _maybe_json(value: str):
         return value
 
 
-def _torch_load(path: Path):
-    try:
-        # Official MAE training checkpoints carry an argparse.Namespace ('args').
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        log.warning(
-            "%s holds Python objects beyond tensors; loading it with "
-            "weights_only=False (only load files you trust)",
-            path,
-        )
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(
-            f"cannot read checkpoint {path}: {msg} (corrupt or truncated file?)"
-        ) from None
-
-
 def _extract(obj, path: Path) -> tuple[dict, dict]:
     if not isinstance(obj, dict):
-        raise UserError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+        raise UserError(f"{path} is not a checkpoint (it holds a {type(obj).__name__})")
     for key in ("model", "state_dict", "model_state_dict", "module"):
         if isinstance(obj.get(key), dict):
             meta = {k: v for k, v in obj.items() if k in _META_KEYS}
@@ -100,8 +86,8 @@ def _extract(obj, path: Path) -> tuple[dict, dict]:
     if obj and all(torch.is_tensor(v) for v in obj.values()):
         return obj, {}
     raise UserError(
-        f"{path} has no state dict: expected a 'model' or 'state_dict' entry "
-        f"(found keys: {', '.join(list(obj)[:8])})"
+        f"{path} is not a checkpoint: no state dict (expected a 'model' or 'state_dict' "
+        f"entry; found keys: {', '.join(map(str, list(obj)[:8]))})"
     )
 
 
@@ -228,18 +214,20 @@ def _short(keys: list[str], n: int = 6) -> str:
 
 
 def load_checkpoint(
-    model: nn.Module, source: str | Path | Checkpoint, strict: bool = False
+    model: nn.Module, source: str | Path | Checkpoint, strict: bool = False, trust: bool = False
 ) -> LoadReport:
     """Load weights into ``model`` from a file (or a ``Checkpoint``) and report what happened.
 
     Position embeddings are interpolated bicubically when the grid differs (as the
     official ``interpolate_pos_embed``); decoder weights are ignored by an encoder;
     a classifier head of another size is left new. ``strict=True`` raises on any
-    missing or unexpected key.
+    missing or unexpected key. A file that fits too little of the model (another
+    architecture) is an error naming what the file holds. ``trust``: see read_checkpoint.
     """
-    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
     report = LoadReport(ckpt.path)
     sd = adapt_state_dict(dict(ckpt.state_dict), model, report)
+    _check_overlap(sd, model, ckpt)
     result = model.load_state_dict(sd, strict=False)
     report.missing = [k for k in result.missing_keys if k not in report.dropped]
     report.unexpected = list(result.unexpected_keys)
@@ -248,6 +236,29 @@ def load_checkpoint(
         raise UserError(f"checkpoint does not match the model exactly: {report}")
     log.info("%s", report)
     return report
+
+
+def _check_overlap(sd: dict, model: nn.Module, ckpt: Checkpoint) -> None:
+    """Refuse a file of another architecture instead of loading (almost) nothing: at least
+    half of the model's tensors, or half of the file's, must match by name."""
+    own = model.state_dict()
+    matched = sum(1 for k in sd if k in own)
+    if matched and (2 * matched >= len(own) or 2 * matched >= len(sd)):
+        return
+    holds = ckpt.meta.get("model_name") or _describe_keys(ckpt.state_dict)
+    name = getattr(model, "model_name", type(model).__name__)
+    raise UserError(
+        f"{ckpt.path} holds {holds}, which does not fit {name}: {matched} of the model's "
+        f"{len(own)} tensors match"
+    )
+
+
+def _describe_keys(sd: dict) -> str:
+    keys = list(sd)
+    if "patch_embed.proj.weight" in sd:
+        a = infer_vit_args(sd)
+        return f"a ViT (embed dim {a['embed_dim']}, depth {a['depth']})"
+    return f"{len(keys)} tensors ({', '.join(keys[:3])}, ...)"
 
 
 def adapt_state_dict(sd: dict, model: nn.Module, report: LoadReport) -> dict:
@@ -328,7 +339,7 @@ def is_pretrain_checkpoint(ckpt: Checkpoint) -> bool:
 
 
 def model_from_checkpoint(
-    source, kind: str = "encoder", **overrides
+    source, kind: str = "encoder", trust: bool = False, **overrides
 ) -> tuple[nn.Module, LoadReport]:
     """Build the model a checkpoint describes and load its weights.
 
@@ -342,7 +353,7 @@ def model_from_checkpoint(
 
     from ..models import create_model
 
-    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
     name, args = ckpt.meta.get("model_name"), dict(ckpt.meta.get("model_args") or {})
     if not name:
         name, args = _infer_name_args(ckpt, kind)

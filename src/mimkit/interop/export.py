@@ -52,7 +52,8 @@ def export_timm(model, out: str | Path) -> dict:
     if getattr(model, "rel_pos", None):
         raise UserError(
             "timm's ViT has no iRPE relative-position attention, so a LoMaR encoder cannot "
-            "load there: export it with --format torchscript or --format onnx"
+            "load there: --format torchscript or onnx export its features (or a fine-tuned "
+            "classifier's logits)"
         )
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -75,8 +76,34 @@ def export_timm(model, out: str | Path) -> dict:
     return recipe
 
 
+DEFAULT_NAMES = {"timm": "model.safetensors", "torchscript": "model.pt", "onnx": "model.onnx"}
+
+
+def output_path(out: str | Path, fmt: str) -> Path:
+    """``--out`` may be a file or a folder (existing, or written with a trailing slash):
+    a folder gets the format's default file name inside it."""
+    text = str(out)
+    p = Path(out)
+    if p.is_dir() or text.endswith(("/", "\\")):
+        return p / DEFAULT_NAMES[fmt]
+    return p
+
+
+class FeatureExtractor(nn.Module):
+    """An encoder as a function images -> pooled features (N, D), for TorchScript/ONNX:
+    ``forward_head(forward_features(x), pre_logits=True)`` of the backbone contract."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+
+
 def export_torchscript(model: nn.Module, out: str | Path, img_size: int) -> Path:
-    """Traced TorchScript of the classifier (eval mode), input (N, 3, S, S) normalised."""
+    """Traced TorchScript (eval mode), input (N, 3, S, S) normalised: logits of a
+    classifier, or features when ``model`` is a FeatureExtractor."""
     model = model.eval()
     example = torch.randn(2, 3, img_size, img_size)
     # torch.jit is deprecated upstream but still the way to get a TorchScript file; its
@@ -92,7 +119,8 @@ def export_torchscript(model: nn.Module, out: str | Path, img_size: int) -> Path
 
 
 def export_onnx(model: nn.Module, out: str | Path, img_size: int) -> Path:
-    """ONNX (dynamo exporter) with a dynamic batch dimension: images -> logits."""
+    """ONNX (dynamo exporter) with a dynamic batch dimension: images -> logits (or
+    features for a FeatureExtractor)."""
     try:
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError:
@@ -110,7 +138,7 @@ def export_onnx(model: nn.Module, out: str | Path, img_size: int) -> Path:
         str(out),
         dynamo=True,
         input_names=["images"],
-        output_names=["logits"],
+        output_names=["features" if isinstance(model, FeatureExtractor) else "logits"],
         dynamic_shapes=({0: batch},),
         verbose=False,
     )

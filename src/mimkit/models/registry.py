@@ -42,9 +42,15 @@ def create_model(name: str, **overrides) -> nn.Module:
     fn = _MODELS[name]
     try:
         model = fn(**overrides)
+    except UserError:
+        raise
     except TypeError as e:  # unknown keyword: say which and what is allowed
         allowed = _allowed_args(fn)
         raise UserError(f"model '{name}': {e} (accepted: {', '.join(allowed)})") from None
+    except (AssertionError, ValueError, RuntimeError) as e:  # e.g. timm's shape asserts
+        given = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "its defaults"
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"model '{name}' cannot be built with {given}: {why}") from None
     model.model_name = name
     model.model_args = dict(overrides)
     return model

@@ -1,0 +1,78 @@
+"""Decoding one image into RGB, the one way every data path does it.
+
+Grayscale, palette, CMYK and 16-bit images become 8-bit RGB (16-bit values scaled, not
+clipped); transparency is composited on white. PIL's decompression-bomb limit stays on;
+a large JPEG is decoded at a reduced scale (``draft``) when the caller only needs
+``max_side`` pixels, and other formats are reduced after decoding.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def open_rgb(src: str | Path | bytes, max_side: int | None = None) -> Image.Image:
+    """A path or encoded bytes -> fully decoded RGB image.
+
+    ``max_side``: the smallest side the caller needs at most; larger images are decoded
+    or reduced to no less than it (JPEG by DCT scaling, others by ``Image.reduce``)."""
+    fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
+    with warnings.catch_warnings():
+        # palette-with-transparency and EXIF notices are noise; the decompression-bomb
+        # warning is not silenced (PIL's limit is kept, see module docstring).
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+        warnings.simplefilter("default", Image.DecompressionBombWarning)
+        with Image.open(fp) as img:
+            if max_side and img.format == "JPEG" and min(img.size) > 2 * max_side:
+                img.draft("RGB", (max_side, max_side))  # decoder picks scale >= requested
+            img.load()
+            img = _reduce(img, max_side)
+            return to_rgb(img)
+
+
+def _reduce(img: Image.Image, max_side: int | None) -> Image.Image:
+    if not max_side:
+        return img
+    factor = min(img.size) // (2 * max_side)
+    return img.reduce(factor) if factor >= 2 and img.mode in ("RGB", "RGBA", "L") else img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB."""
+    if img.mode in _SIXTEEN_BIT or img.mode == "I":
+        a = np.asarray(img).astype(np.int64)
+        if img.mode in _SIXTEEN_BIT or a.max(initial=0) > 255:  # 16-bit range
+            a = a * 255 // 65535
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        scale = 255.0 if a.size and np.nanmax(a) <= 1.0 else 1.0
+        a = np.nan_to_num(a * scale)
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def failure_reason(e: BaseException) -> str:
+    """Why an image was skipped, in a few words (names the decompression-bomb limit)."""
+    if isinstance(e, Image.DecompressionBombError):
+        return (
+            "larger than PIL's decompression-bomb limit "
+            f"({Image.MAX_IMAGE_PIXELS * 2:,} pixels; raise PIL.Image.MAX_IMAGE_PIXELS if trusted)"
+        )
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not a readable image"
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"{type(e).__name__}: {text}"[:160]
