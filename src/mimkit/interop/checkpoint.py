@@ -39,6 +39,11 @@ class Checkpoint:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Load a file into a plain state dict + metadata. Raises UserError with the path."""
     path = Path(path)
+    if path.is_dir():  # a Hugging Face transformers folder (config.json + weights)
+        from .hf import is_hf_folder, read_hf_folder
+
+        if is_hf_folder(path):
+            return read_hf_folder(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
