@@ -115,6 +115,25 @@ def test_mimkit_mae_into_hf_same_loss_pred_mask(tmp_path, imgs, noise):
     )
 
 
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_official_mae_weights_in_hf_reproduce_the_official_outputs(tmp_path, reference, norm_pix):
+    """facebookresearch/mae weights -> mimkit -> ViTMAEForPreTraining: the reference's
+    own loss, pred and mask (so HF sees the official MAE, not only ours)."""
+    ours = mimkit.create_model("mae_vit", **reference["config"], norm_pix_loss=norm_pix)
+    ours.load_state_dict(reference["state_dict"], strict=True)
+    export_hf(ours, tmp_path)
+    hf = transformers.ViTMAEForPreTraining.from_pretrained(tmp_path).eval()
+    ref = reference["outputs"][f"norm_pix_loss={norm_pix}"]
+    with torch.no_grad():
+        out = hf(pixel_values=reference["imgs"], noise=reference["noise"])
+    assert torch.equal(out.mask, ref["mask"])
+    _report(
+        f"official MAE reference -> HF (norm_pix_loss={norm_pix})",
+        loss=_diff(out.loss, ref["loss"]),
+        pred=_diff(out.logits, ref["pred"]),
+    )
+
+
 def test_three_hf_key_layouts_read_the_same(tmp_path):
     """The Hub's (4.x), 5.x's save (decoder.decoder_encoder.layer) and 5.x's in-memory."""
     from safetensors.torch import load_file, save_file
