@@ -42,12 +42,19 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
     types (see ``utils.io.safe_torch_load``); ``trust=True`` lifts it for files you vouch
     for (it lets the file run code)."""
     path = Path(path)
+    if path.is_dir():  # a Hugging Face transformers folder (config.json + weights)
+        from .hf import is_hf_folder, read_hf_folder
+
+        if is_hf_folder(path):
+            return read_hf_folder(path)
+        raise UserError(
+            f"{path} is a folder but not a transformers model folder (no config.json with "
+            "weights): pass a checkpoint file"
+        )
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a checkpoint file")
     obj = safe_torch_load(path, trust=trust)
     sd, meta = _extract(obj, path)
     return Checkpoint(_strip_prefixes(sd), meta, str(path))
