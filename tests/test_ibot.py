@@ -328,9 +328,9 @@ def test_safe_globals_are_exactly_what_the_files_need():
     needed = [g for g in interop.IBOT_SAFE_GLOBALS if not isinstance(g, tuple)]
     for left_out in needed:  # each entry is needed (the tuple is the NumPy < 2 alias)
         rest = [g for g in interop.IBOT_SAFE_GLOBALS if g is not left_out]
-        with torch.serialization.safe_globals(rest):
-            with pytest.raises(Exception, match="Weights only load failed"):
-                torch.load(FULL, weights_only=True)
+        refused = pytest.raises(Exception, match="Weights only load failed")
+        with torch.serialization.safe_globals(rest), refused:
+            torch.load(FULL, weights_only=True)
     ckpt = interop.load_official(FULL)
     assert ckpt["epoch"] == 3 and ckpt["args"].out_dim == 128
     assert float(ckpt["optimizer"]["param_groups"][0]["lr"]) > 0
@@ -510,3 +510,36 @@ def test_variants_and_encoder_contract():
     assert bb.forward_head(bb.forward_features(x)).shape == (2, 32)
     assert bb(torch.randn(2, 3, 8, 8)).shape == (2, 1 + 4, 32)  # other sizes: interpolated
     assert "masked_embed" in bb.no_weight_decay()
+
+
+def test_bf16_autocast_step_keeps_the_loss_math_in_fp32():
+    model = small_ibot()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(small_batch())
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    assert model.center.dtype == torch.float32
+    out["loss"].backward()
+    assert model.student.backbone.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_images_to_trainer_end_to_end(image_folder, tmp_path):
+    """Folder -> ImageDataset(MultiCropTransform) -> multicrop_collate -> Trainer(IBOTTask)."""
+    from mimkit.data.datasets import ImageDataset
+    from mimkit.data.loader import EpochSampler, build_loader
+    from mimkit.data.sources import open_source
+
+    model = small_ibot(img_size=32, local_crops_number=2, local_img_size=16)
+    source = open_source(str(image_folder))
+    ds = ImageDataset(source, MultiCropTransform(**model.multicrop_args()))
+    sampler = EpochSampler(len(ds), seed=0)
+    loader = build_loader(ds, 16, sampler, 0, True, False, multicrop_collate)
+    task = IBOTTask.from_model(
+        model, epochs=1, steps_per_epoch=len(loader), weight_decay=0.04, clip_grad=3.0
+    )
+    optimizer = adamw(model.param_groups(0.04), 1e-3, (0.9, 0.999), torch.device("cpu"))
+    loop = LoopConfig(epochs=1, base_lr=1e-3, schedule="cosine_iter", log_every=1, max_steps=2)
+    teacher_before = model.teacher.backbone.cls_token.clone()
+    stats = Trainer(task, model, optimizer, loader, torch.device("cpu"), loop, tmp_path).fit()
+    assert stats["loss"] > 0 and stats["skipped_images"] == 0
+    assert not torch.equal(model.teacher.backbone.cls_token, teacher_before)
+    assert model.center.abs().sum() > 0
