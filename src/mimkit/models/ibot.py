@@ -143,7 +143,7 @@ class WeightNormLinear(nn.Module):
 
 
 class IBOTHead(nn.Module):
-    """MLP (``nlayers`` linears, GELU) -> bottleneck -> L2 normalise -> weight-normalised
+    """MLP (``nlayers`` >= 2 linears, GELU) -> bottleneck -> L2 normalise -> weight-normalised
     ``last_layer`` to K prototypes. [CLS] goes through ``last_layer``, patches through
     ``last_layer2`` (the same module when ``shared_head``). ``norm_last_layer`` freezes
     ``weight_g`` at 1 (cosine prototypes)."""
@@ -160,7 +160,9 @@ class IBOTHead(nn.Module):
         shared_head: bool = True,
     ):
         super().__init__()
-        dims = [in_dim] + [hidden_dim] * (max(nlayers, 1) - 1)
+        if nlayers < 2:
+            raise ValueError(f"the iBOT head needs at least 2 layers, got {nlayers}")
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1)
         layers: list[nn.Module] = []
         for a, b in zip(dims, dims[1:]):
             layers += [nn.Linear(a, b), nn.GELU()]
@@ -308,6 +310,11 @@ class IBOT(nn.Module):
         pred_ratio_var: float | list[float] = (0.0, 0.2),
     ):
         super().__init__()
+        if (shared_head or shared_head_teacher) and patch_out_dim not in (None, out_dim):
+            raise ValueError(  # the official code enforces the same (``same_dim``)
+                "a shared head (student or teacher) scores patches on the [CLS] prototypes: "
+                f"patch_out_dim must equal out_dim ({out_dim}), got {patch_out_dim}"
+            )
         vit = dict(
             img_size=img_size,
             patch_size=patch_size,
