@@ -363,7 +363,7 @@ def test_unsupported_beit_configs(tmp_path, changes, match):
 
 
 def test_folder_without_config_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="not a transformers model folder"):
         read_checkpoint(tmp_path)
     with pytest.raises(UserError, match="not a transformers folder"):
         read_hf_folder(tmp_path)

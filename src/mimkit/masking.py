@@ -7,6 +7,8 @@ Masking: uniform noise (N, L), ascending argsort, the first ``int(L * (1 - ratio
 
 from __future__ import annotations
 
+import math
+import random
 from typing import NamedTuple
 
 import torch
@@ -200,3 +202,72 @@ def lomar_windows(
     if noise is None:
         noise = torch.rand(patches.shape, device=patches.device)
     return Windows(image, corner, patches, window_masking(noise, mask_ratio))
+
+
+# ---------------------------------------------------------------------------- iBOT / BEiT blocks
+
+
+def block_mask(
+    height: int,
+    width: int,
+    ratio: float,
+    rng=None,
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
+    attempts: int = 10,
+) -> torch.Tensor:
+    """BEiT's block-wise mask as iBOT's ``ImageFolderMask`` draws it: (h, w) bool, True =
+    masked, about ``ratio * h * w`` patches as a union of rectangles.
+
+    Rectangles of area U(min(h, w) // 3) ** 2, remaining) and log-uniform aspect ratio are
+    added while they cover at least one new patch without exceeding the target (10
+    attempts each). ``rng``: a ``random.Random`` (default: the global ``random``, which
+    ``data.datasets.seeded`` seeds per sample); the draws follow the official order.
+    """
+    rng = rng if rng is not None else random
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    high = ratio * height * width
+    log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
+    low = (min(height, width) // 3) ** 2
+    count = 0
+    while count < high:
+        budget = high - count
+        delta = 0
+        for _ in range(attempts):
+            area = rng.uniform(low, budget)
+            ar = math.exp(rng.uniform(*log_aspect))
+            h = int(round(math.sqrt(area * ar)))
+            w = int(round(math.sqrt(area / ar)))
+            if w < width and h < height:
+                top = rng.randint(0, height - h)
+                left = rng.randint(0, width - w)
+                region = mask[top : top + h, left : left + w]
+                new = h * w - int(region.sum())
+                if 0 < new <= budget:
+                    region.fill_(True)
+                    delta += new
+            if delta > 0:
+                break
+        if delta == 0:
+            break
+        count += delta
+    return mask
+
+
+def draw_pred_ratio(pred_ratio, pred_ratio_var=0.0, rng=None) -> float:
+    """iBOT's per-crop masking ratio (``ImageFolderMask.get_pred_ratio``).
+
+    Scalars: U(r - v, r + v) (or r when v is 0). Lists: one U(r_i - v_i, r_i + v_i) per
+    entry, then one picked at random; e.g. ``[0, 0.3]`` / ``[0, 0.2]`` leaves a crop
+    unmasked or masks U(0.1, 0.5) of it, half and half.
+    """
+    rng = rng if rng is not None else random
+    if isinstance(pred_ratio, (int, float)):
+        pred_ratio, pred_ratio_var = [pred_ratio], [pred_ratio_var]
+    if isinstance(pred_ratio_var, (int, float)):
+        pred_ratio_var = [pred_ratio_var] * len(pred_ratio)
+    ratios = []
+    for r, v in zip(pred_ratio, pred_ratio_var):
+        if v > r:
+            raise ValueError(f"pred_ratio_var {v} exceeds pred_ratio {r}")
+        ratios.append(rng.uniform(r - v, r + v) if v > 0 else r)
+    return ratios[0] if len(ratios) == 1 else rng.choice(ratios)

@@ -26,17 +26,36 @@ from . import precision as P
 from .checkpoint import LAST, load_training_state
 from .logging import RunLogger
 from .optim import set_lr
-from .schedule import lr_at
+from .schedule import cosine_iter, lr_at, warmup_steps
 
 log = logging.getLogger("mimkit")
 
 
 class Task(Protocol):
+    """What the loop asks of a task. Only ``training_step`` is required; the Trainer calls
+    each other method when the task defines it (``model`` is the wrapped model as passed
+    to the Trainer: use ``distributed.unwrap`` to reach the module). ``step`` is the
+    global optimizer-step index ``epoch * steps_per_epoch + i // accum_iter``, the index
+    of per-iteration schedule arrays (DINO / iBOT ``it``).
+    """
+
     def training_step(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Return at least {'loss': scalar}; other entries are logged."""
 
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         """Optional: metrics after an epoch (called on every rank)."""
+
+    def on_step_start(self, model: nn.Module, optimizer, step: int, epoch: int) -> None:
+        """Optional: at the first micro-batch of each optimizer step, after the lr is set
+        (e.g. per-iteration weight decay, per-epoch temperatures)."""
+
+    def before_optimizer_step(self, model: nn.Module, epoch: int) -> None:
+        """Optional: after backward, gradient all-reduce and ``scaler.unscale_`` (and the
+        loop's own ``clip_grad`` if set), before ``optimizer.step`` (e.g. per-parameter
+        clipping, dropping a layer's gradients)."""
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Optional: right after ``optimizer.step`` (e.g. a teacher's EMA update)."""
 
 
 @dataclass
@@ -53,7 +72,9 @@ class LoopConfig:
     max_steps: int | None = None
     monitor: str | None = None  # metric that selects checkpoint-best.pth (higher is better)
     eval_every: int = 1
-    schedule: str = "cosine"  # cosine (warmup + half-cosine) | onecycle (ConvMixer)
+    # cosine (warmup + half-cosine, MAE) | onecycle (ConvMixer) | cosine_iter (DINO / iBOT
+    # per-iteration arrays: the warmup reaches base_lr at its last step)
+    schedule: str = "cosine"
     max_abs_weight: float | None = 1e4  # larger weights count as diverged: not saved
 
 
@@ -91,6 +112,7 @@ class Trainer:
                 f"{loader.batch_size} x accum_iter {loop.accum_iter}; lower --batch-size"
             )
         self.micro_steps = steps  # micro-batches per epoch (a multiple of accum_iter)
+        self.steps_per_epoch = steps // loop.accum_iter  # optimizer steps per epoch
 
     # ------------------------------------------------------------------ public
     def resume(self, path: str | Path, trust: bool = False) -> None:
@@ -209,17 +231,10 @@ class Trainer:
 
     def _micro_step(self, epoch: int, i: int, batch: dict) -> torch.Tensor:
         accum = self.cfg.accum_iter
+        it = epoch * self.steps_per_epoch + i // accum  # global optimizer step
         if i % accum == 0:
-            frac = epoch + i / self.micro_steps
-            lr = lr_at(
-                self.cfg.schedule,
-                frac,
-                self.cfg.base_lr,
-                self.cfg.min_lr,
-                self.cfg.warmup_epochs,
-                self.cfg.epochs,
-            )
-            set_lr(self.optimizer, lr)
+            set_lr(self.optimizer, self._scheduled_lr(epoch, i, it))
+            self._call_task("on_step_start", self.model, self.optimizer, it, epoch)
         batch = _to_device(batch, self.device)
         sync = (i + 1) % accum == 0
         with self._no_sync(not sync):
@@ -228,15 +243,34 @@ class Trainer:
             loss = out["loss"]
             self.scaler.scale(loss / accum).backward()
         if sync:
-            self._optimizer_step()
+            self._optimizer_step(epoch, it)
         return loss.detach()
 
-    def _optimizer_step(self) -> None:
-        if self.cfg.clip_grad:
+    def _scheduled_lr(self, epoch: int, i: int, it: int) -> float:
+        cfg = self.cfg
+        if cfg.schedule == "cosine_iter":
+            total = cfg.epochs * self.steps_per_epoch
+            warmup = warmup_steps(cfg.warmup_epochs, self.steps_per_epoch)
+            return cosine_iter(it, cfg.base_lr, cfg.min_lr, total, warmup)
+        frac = epoch + i / self.micro_steps
+        return lr_at(cfg.schedule, frac, cfg.base_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
+
+    def _call_task(self, name: str, *args) -> None:
+        fn = getattr(self.task, name, None)
+        if fn is not None:
+            fn(*args)
+
+    def _optimizer_step(self, epoch: int = 0, it: int = 0) -> None:
+        before = getattr(self.task, "before_optimizer_step", None)
+        if self.cfg.clip_grad or before is not None:
             self.scaler.unscale_(self.optimizer)
+        if self.cfg.clip_grad:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        if before is not None:
+            before(self.model, epoch)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self._call_task("after_optimizer_step", self.model, it)
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
 
@@ -432,7 +466,14 @@ class _Window:
 
 
 def _batch_size(batch) -> int:
-    x = batch["image"] if isinstance(batch, dict) else batch[0]
+    """Images in a batch: ``batch['image']``, else its first entry (a multi-crop batch's
+    ``'global'`` list of (N, 3, H, W) crops counts N)."""
+    if isinstance(batch, dict):
+        x = batch["image"] if "image" in batch else next(iter(batch.values()))
+    else:
+        x = batch[0]
+    while isinstance(x, (list, tuple)):
+        x = x[0]
     return len(x)
 
 

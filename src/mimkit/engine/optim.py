@@ -30,3 +30,33 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Apply ``lr`` to every group, times its ``lr_scale`` (layer-wise decay) if present."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def dino_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """DINO / iBOT groups: ``[decayed, not decayed]``, in that order (the weight-decay
+    schedule then targets group 0, as the official ``get_params_groups``). Biases and 1-D
+    tensors are not decayed; unlike ``weight_decay_groups``, tokens and position
+    embeddings (ndim > 1) are; frozen parameters are left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+@torch.no_grad()
+def clip_grad_per_param_(parameters, max_norm: float, eps: float = 1e-6) -> None:
+    """Clip each parameter's gradient to L2 norm ``max_norm`` on its own (DINO / iBOT
+    ``clip_gradients``), not by the global norm as ``clip_grad_norm_``.
+
+    The factor is ``max_norm / (norm + eps)`` where below 1, computed on the device (no
+    host sync): ``min(factor, 1)`` multiplies by exactly 1 elsewhere.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    for g in grads:
+        coef = max_norm / (g.norm(2) + eps)
+        g.mul_(coef.clamp(max=1.0))

@@ -1,5 +1,6 @@
-from . import convmixer, lomar, mae, vit  # noqa: F401  (registers the models)
+from . import convmixer, ibot, lomar, mae, vit  # noqa: F401  (registers the models)
 from .convmixer import ConvMixer
+from .ibot import IBOT, IBOTHead, IBOTTask, IBOTViT
 from .lomar import LocalMaskedReconstruction, LoMaROutput
 from .mae import MAEOutput, MaskedAutoencoder
 from .registry import (
@@ -14,6 +15,10 @@ from .vit import VisionTransformer
 
 __all__ = [
     "ConvMixer",
+    "IBOT",
+    "IBOTHead",
+    "IBOTTask",
+    "IBOTViT",
     "input_size",
     "is_pretrainer",
     "LoMaROutput",

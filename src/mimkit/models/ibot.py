@@ -1,0 +1,665 @@
+"""iBOT (Zhou et al., ICLR 2022): masked image modeling with an online tokenizer, as the
+official bytedance/ibot ``main_ibot.py``.
+
+A student and a teacher (the EMA of the student) share one architecture: a ViT that
+returns all tokens and an ``IBOTHead`` projecting [CLS] and patch tokens to K prototypes.
+The teacher sees the unmasked global crops; the student sees the same crops with block
+masks (masked patch embeddings replaced by ``masked_embed``) and, [CLS] only, the local
+crops. Loss = [CLS] cross-entropy across views (DINO) + patch cross-entropy at masked
+positions of the same view (MIM), teacher outputs centred and sharpened.
+
+Key names are the official ones below ``student.`` / ``teacher.`` (``backbone.*`` =
+timm's ViT keys plus ``masked_embed``; ``head.mlp.{0,2,4}``, ``head.last_layer.weight_g/v``);
+``interop/ibot.py`` maps the official checkpoint files.
+
+Batch (``multicrop_collate``): ``{'global': [(N, 3, H, W)] * G, 'local': [(N, 3, h, w)] * n,
+'masks': [(N, H/p, W/p) bool, True = masked] * G}``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.models import checkpoint_seq
+from torch import nn
+
+from ..engine import distributed as dist
+from ..engine.optim import clip_grad_per_param_, dino_param_groups
+from ..engine.schedule import cosine_iter_array, per_epoch_warmup
+from .registry import register_model
+from .vit import ENCODER_KEYS, VIT_SIZES, VisionTransformer
+
+# ----------------------------------------------------------------------------- backbone
+
+
+class IBOTViT(VisionTransformer):
+    """The iBOT backbone: our ViT (official keys) with an optional learnable
+    ``masked_embed`` (1, D), inputs of any size (position embedding interpolated as the
+    official ``interpolate_pos_encoding``) and a ``forward`` that returns all tokens.
+
+    ``forward_features(x)`` is timm's contract ((N, 1 + L, D), normed), so kNN, probes and
+    fine-tuning read it like any ViT; ``forward_head`` is inherited.
+    """
+
+    def __init__(self, *args, masked_embed: bool = True, **kwargs):
+        kwargs.setdefault("weight_init", "skip")  # official init below
+        super().__init__(*args, **kwargs)
+        self.patch_embed.strict_img_size = False  # local crops are smaller
+        self.masked_embed = nn.Parameter(torch.zeros(1, self.embed_dim)) if masked_embed else None
+        self._init_official()
+
+    def _init_official(self) -> None:
+        """As the official ViT: trunc-normal(0.02) tokens and linears, zero biases, unit
+        LayerNorms; the patch projection keeps PyTorch's default conv init."""
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def arch_config(self) -> dict:
+        return super().arch_config() | {"masked_embed": self.masked_embed is not None}
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | {"masked_embed"}
+
+    def interpolate_pos_encoding(self, h: int, w: int) -> torch.Tensor:
+        """Position table (1, 1 + h*w, D) for an (h, w) patch grid: the official bicubic
+        resize by ``scale_factor = (grid + 0.1) / old_grid`` (DINO issue #8), whose
+        sampling differs slightly from resizing to an exact size."""
+        pos = self.pos_embed
+        n = pos.shape[1] - 1
+        old = int(math.sqrt(n))
+        if h * w == n and h == w:
+            return pos
+        grid = pos[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(
+            grid, scale_factor=((h + 0.1) / math.sqrt(n), (w + 0.1) / math.sqrt(n)), mode="bicubic"
+        )
+        assert grid.shape[-2:] == (h, w), grid.shape
+        grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)
+        return torch.cat([pos[:, :1], grid], dim=1)
+
+    def prepare_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, 3, H, W), mask: (N, h, w) or (N, L) bool, True = masked -> (N, 1 + L, D).
+
+        Masked patch embeddings become ``masked_embed`` before the position embedding."""
+        n, _, height, width = x.shape
+        p = self.patch_size
+        x = self.patch_embed(x)  # (N, L, D)
+        if mask is not None:
+            fill = self.masked_embed.to(x.dtype)
+            x = torch.where(mask.reshape(n, -1, 1), fill, x)
+        x = torch.cat([self.cls_token.expand(n, -1, -1).to(x.dtype), x], dim=1)
+        x = x + self.interpolate_pos_encoding(height // p, width // p)
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, 3, H, W) -> all tokens (N, 1 + L, D) after the final norm."""
+        x = self.norm_pre(self.patch_drop(self.prepare_tokens(x, mask)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_features(x, mask)
+
+
+# ----------------------------------------------------------------------------- head
+
+
+class WeightNormLinear(nn.Module):
+    """Bias-free linear layer with weight ``g * v / ||v||`` (norm per output row).
+
+    The state-dict keys are ``weight_g`` (out, 1) and ``weight_v`` (out, in), those of
+    the deprecated ``torch.nn.utils.weight_norm`` used by the official head; written as a
+    module (same kernel, ``torch._weight_norm``) so that it deep-copies, wraps in
+    DDP/FSDP and compiles like any layer. ``g`` starts at 1, as the official head sets it.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        v = nn.Linear(in_features, out_features, bias=False).weight.detach()  # default init
+        self.weight_g = nn.Parameter(torch.ones(out_features, 1))
+        self.weight_v = nn.Parameter(v.clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class IBOTHead(nn.Module):
+    """MLP (``nlayers`` >= 2 linears, GELU) -> bottleneck -> L2 normalise -> weight-normalised
+    ``last_layer`` to K prototypes. [CLS] goes through ``last_layer``, patches through
+    ``last_layer2`` (the same module when ``shared_head``). ``norm_last_layer`` freezes
+    ``weight_g`` at 1 (cosine prototypes)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 8192,
+        patch_out_dim: int | None = None,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        norm_last_layer: bool = True,
+        shared_head: bool = True,
+    ):
+        super().__init__()
+        if nlayers < 2:
+            raise ValueError(f"the iBOT head needs at least 2 layers, got {nlayers}")
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1)
+        layers: list[nn.Module] = []
+        for a, b in zip(dims, dims[1:]):
+            layers += [nn.Linear(a, b), nn.GELU()]
+        layers.append(nn.Linear(dims[-1], bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)  # keys mlp.0, mlp.2, mlp.4 for 3 layers
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = self._last(bottleneck_dim, out_dim, norm_last_layer)
+        if shared_head:
+            self.last_layer2 = self.last_layer  # stored twice in the state dict, as official
+        else:
+            self.last_layer2 = self._last(bottleneck_dim, patch_out_dim or out_dim, norm_last_layer)
+        self.shared_head = shared_head
+
+    @staticmethod
+    def _last(dim: int, out: int, norm_last_layer: bool) -> WeightNormLinear:
+        layer = WeightNormLinear(dim, out)
+        layer.weight_g.requires_grad_(not norm_last_layer)
+        return layer
+
+    def forward(self, x: torch.Tensor):
+        """x: (N, D) -> (N, K); or (N, 1 + L, D) -> ((N, K) [CLS], (N, L, K) patches)."""
+        x = F.normalize(self.mlp(x), dim=-1, p=2)
+        if x.ndim == 2:
+            return self.last_layer(x)
+        return self.last_layer(x[:, 0]), self.last_layer2(x[:, 1:])
+
+
+class IBOTNet(nn.Module):
+    """Backbone + head (the official ``MultiCropWrapper``): keys ``backbone.*``, ``head.*``."""
+
+    def __init__(self, backbone: IBOTViT, head: IBOTHead):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        """x: (N, 3, H, W) -> ((N, K), (N, L, K))"""
+        return self.head(self.backbone(x, mask))
+
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """[CLS] only (local crops): (N, 3, h, w) -> (N, K)."""
+        return self.head(self.backbone(x)[:, 0])
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def ibot_loss(
+    student_cls: torch.Tensor,
+    student_patch: torch.Tensor,
+    teacher_cls: torch.Tensor,
+    teacher_patch: torch.Tensor,
+    masks: torch.Tensor,
+    center: torch.Tensor,
+    center2: torch.Tensor,
+    n_global: int,
+    student_temp: float,
+    teacher_temp: float,
+    teacher_patch_temp: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official ``iBOTLoss`` terms, in fp32 (weights applied by the caller).
+
+    student_cls: (V*N, K), the G global views then the local ones; student_patch,
+    teacher_patch: (G*N, L, K); teacher_cls: (G*N, K); masks: (G*N, L) bool.
+    [CLS]: teacher view q against every student view v != q; patches: the same view,
+    masked positions, sum / max(count, 1) per image, mean over images. Each term is
+    the mean over its pairs. Returns (cls_loss, patch_loss).
+    """
+    n = masks.shape[0] // n_global  # images per view
+    s_cls = (student_cls.float() / student_temp).split(n)
+    s_patch = (student_patch.float() / student_temp).chunk(n_global)
+    t_cls = F.softmax((teacher_cls.float() - center) / teacher_temp, dim=-1).chunk(n_global)
+    t_patch = F.softmax((teacher_patch.float() - center2) / teacher_patch_temp, dim=-1)
+    t_patch = t_patch.chunk(n_global)
+    m = masks.float().chunk(n_global)
+    log_cls = [F.log_softmax(s, dim=-1) for s in s_cls]
+    cls_sum, n_cls, patch_sum = 0.0, 0, 0.0
+    for q in range(n_global):
+        for v in range(len(s_cls)):
+            if v == q:
+                ce = torch.sum(-t_patch[q] * F.log_softmax(s_patch[v], dim=-1), dim=-1)
+                per_image = torch.sum(ce * m[v], dim=-1) / m[v].sum(dim=-1).clamp(min=1.0)
+                patch_sum = patch_sum + per_image.mean()
+            else:
+                cls_sum = cls_sum + torch.sum(-t_cls[q] * log_cls[v], dim=-1).mean()
+                n_cls += 1
+    return cls_sum / max(n_cls, 1), patch_sum / n_global
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class IBOT(nn.Module):
+    """Student, teacher (EMA, no gradients) and the iBOT loss with its centres.
+
+    ``forward(batch)`` returns the loss dict and, in training mode, updates the centres
+    (``center`` (1, K), ``center2`` (1, 1, K): buffers, so checkpoints resume exactly).
+    The teacher temperatures are set per epoch by the task (``set_teacher_temps``); the
+    EMA step is ``update_teacher(momentum)``. Recipe values that only the training
+    schedule reads (teacher temperature warmup, EMA momentum, weight decay end, frozen
+    last layer, multi-crop and masking settings) are stored here too so that a preset
+    holds them as ``model.args``; see ``recipe()`` and ``multicrop_args()``.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        out_dim: int = 8192,
+        patch_out_dim: int | None = None,
+        head_hidden_dim: int = 2048,
+        head_bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        norm_last_layer: bool = True,
+        shared_head: bool = True,
+        shared_head_teacher: bool = True,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        lambda1: float = 1.0,
+        lambda2: float = 1.0,
+        # schedule recipe (read by IBOTTask.from_model)
+        momentum_teacher: float = 0.996,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp: float = 0.04,
+        warmup_teacher_patch_temp: float = 0.04,
+        teacher_patch_temp: float = 0.07,
+        warmup_teacher_temp_epochs: int = 30,
+        weight_decay_end: float = 0.4,
+        freeze_last_layer: int = 1,
+        # data recipe (read by the multi-crop transform through multicrop_args())
+        global_crops_number: int = 2,
+        local_crops_number: int = 10,
+        local_img_size: int = 96,
+        global_crops_scale: tuple[float, float] | None = None,
+        local_crops_scale: tuple[float, float] = (0.05, 0.25),
+        pred_ratio: float | list[float] = (0.0, 0.3),
+        pred_ratio_var: float | list[float] = (0.0, 0.2),
+    ):
+        super().__init__()
+        if (shared_head or shared_head_teacher) and patch_out_dim not in (None, out_dim):
+            raise ValueError(  # the official code enforces the same (``same_dim``)
+                "a shared head (student or teacher) scores patches on the [CLS] prototypes: "
+                f"patch_out_dim must equal out_dim ({out_dim}), got {patch_out_dim}"
+            )
+        vit = dict(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+        )
+        head = dict(
+            out_dim=out_dim,
+            patch_out_dim=patch_out_dim,
+            hidden_dim=head_hidden_dim,
+            bottleneck_dim=head_bottleneck_dim,
+            nlayers=head_layers,
+        )
+        self.student = IBOTNet(
+            IBOTViT(**vit, drop_path_rate=drop_path_rate, masked_embed=True),
+            IBOTHead(embed_dim, **head, norm_last_layer=norm_last_layer, shared_head=shared_head),
+        )
+        self.teacher = IBOTNet(
+            IBOTViT(**vit, masked_embed=False),
+            IBOTHead(embed_dim, **head, shared_head=shared_head_teacher),
+        )
+        # as official: the teacher loads the student's weights (masked_embed left out)
+        self.teacher.load_state_dict(self.student.state_dict(), strict=False)
+        self.teacher.requires_grad_(False)
+        k2 = out_dim if (shared_head or shared_head_teacher) else (patch_out_dim or out_dim)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("center2", torch.zeros(1, 1, k2))
+        self.temps = (warmup_teacher_temp, warmup_teacher_patch_temp)
+        self._args = dict(
+            vit,
+            drop_path_rate=drop_path_rate,
+            out_dim=out_dim,
+            patch_out_dim=patch_out_dim,
+            head_hidden_dim=head_hidden_dim,
+            head_bottleneck_dim=head_bottleneck_dim,
+            head_layers=head_layers,
+            norm_last_layer=norm_last_layer,
+            shared_head=shared_head,
+            shared_head_teacher=shared_head_teacher,
+            student_temp=student_temp,
+            center_momentum=center_momentum,
+            lambda1=lambda1,
+            lambda2=lambda2,
+            momentum_teacher=momentum_teacher,
+            warmup_teacher_temp=warmup_teacher_temp,
+            teacher_temp=teacher_temp,
+            warmup_teacher_patch_temp=warmup_teacher_patch_temp,
+            teacher_patch_temp=teacher_patch_temp,
+            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
+            weight_decay_end=weight_decay_end,
+            freeze_last_layer=freeze_last_layer,
+            global_crops_number=global_crops_number,
+            local_crops_number=local_crops_number,
+            local_img_size=local_img_size,
+            global_crops_scale=_pair_or_none(global_crops_scale),
+            local_crops_scale=list(local_crops_scale),
+            pred_ratio=_list_or_float(pred_ratio),
+            pred_ratio_var=_list_or_float(pred_ratio_var),
+        )
+
+    # ------------------------------------------------------------------ configuration
+    def arch_config(self) -> dict:
+        """Constructor arguments that rebuild this model (saved in checkpoints)."""
+        return dict(self._args)
+
+    def encoder_config(self) -> dict:
+        """Arguments of the plain ViT that carries the (teacher) backbone downstream."""
+        return {k: v for k, v in self._args.items() if k in ENCODER_KEYS}
+
+    def recipe(self) -> dict:
+        """The schedule values ``IBOTTask.from_model`` reads."""
+        keys = (
+            "momentum_teacher",
+            "warmup_teacher_temp",
+            "teacher_temp",
+            "warmup_teacher_patch_temp",
+            "teacher_patch_temp",
+            "warmup_teacher_temp_epochs",
+            "weight_decay_end",
+            "freeze_last_layer",
+        )
+        return {k: self._args[k] for k in keys}
+
+    def multicrop_args(self) -> dict:
+        """Keyword arguments of ``data.multicrop.MultiCropTransform`` for this recipe."""
+        a = self._args
+        return dict(
+            global_size=a["img_size"],
+            local_size=a["local_img_size"],
+            global_crops=a["global_crops_number"],
+            local_crops=a["local_crops_number"],
+            global_scale=a["global_crops_scale"],
+            local_scale=a["local_crops_scale"],
+            patch_size=a["patch_size"],
+            pred_ratio=a["pred_ratio"],
+            pred_ratio_var=a["pred_ratio_var"],
+        )
+
+    @property
+    def patch_embed(self):
+        """The student's patch embedding (input size, patch size) for generic code."""
+        return self.student.backbone.patch_embed
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.student.backbone.set_grad_checkpointing(enable)
+        self.teacher.backbone.set_grad_checkpointing(enable)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The student's official optimizer groups: [decayed, not decayed] (see
+        ``engine.optim.dino_param_groups``); the teacher has no trainable parameters."""
+        return dino_param_groups(self.student, weight_decay)
+
+    def set_teacher_temps(self, cls_temp: float, patch_temp: float) -> None:
+        self.temps = (float(cls_temp), float(patch_temp))
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """batch: {'global': [(N,3,H,W)] * G, 'local': [(N,3,h,w)] * n,
+        'masks': [(N,H/p,W/p) bool] * G} -> {'loss', 'cls_loss', 'patch_loss', 'acc',
+        'mask_ratio'} (scalars; ``acc``: teacher [CLS] argmax on view 1 = student's on view 2,
+        the official diagnostic)."""
+        glob, local = torch.cat(batch["global"]), batch.get("local") or []
+        masks = torch.cat(batch["masks"]).flatten(1)  # (G*N, L)
+        n_global = len(batch["global"])
+        with torch.no_grad():
+            t_cls, t_patch = self.teacher(glob)
+        s_cls, s_patch = self.student(glob, masks)
+        if local:
+            s_cls = torch.cat([s_cls, self.student.forward_cls(torch.cat(local))])
+        a = self._args
+        cls_loss, patch_loss = ibot_loss(
+            s_cls,
+            s_patch,
+            t_cls,
+            t_patch,
+            masks,
+            self.center,
+            self.center2,
+            n_global,
+            a["student_temp"],
+            *self.temps,
+        )
+        cls_loss, patch_loss = cls_loss * a["lambda1"], patch_loss * a["lambda2"]
+        if self.training:
+            self.update_center(t_cls, t_patch)
+        n = glob.shape[0] // n_global
+        agree = t_cls[:n].argmax(-1) == s_cls[n : 2 * n].argmax(-1) if n_global > 1 else None
+        out = {
+            "loss": cls_loss + patch_loss,
+            "cls_loss": cls_loss.detach(),
+            "patch_loss": patch_loss.detach(),
+            "mask_ratio": masks.float().mean(),
+        }
+        if agree is not None:
+            out["acc"] = agree.float().mean()
+        return out
+
+    @torch.no_grad()
+    def update_center(self, teacher_cls: torch.Tensor, teacher_patch: torch.Tensor) -> None:
+        """EMA of the teacher's batch means (over all ranks): [CLS] (G*N, K) -> (1, K);
+        patches (G*N, L, K) -> mean over tokens, then over images -> (1, 1, K)."""
+        m = self._args["center_momentum"]
+        world = dist.world_size()
+        cls = dist.all_reduce_sum(torch.sum(teacher_cls.float(), dim=0, keepdim=True))
+        cls = cls / (len(teacher_cls) * world)
+        patch = torch.sum(teacher_patch.float().mean(1), dim=0, keepdim=True)
+        patch = dist.all_reduce_sum(patch) / (len(teacher_patch) * world)
+        self.center.copy_(self.center * m + cls * (1 - m))
+        self.center2.copy_(self.center2 * m + patch * (1 - m))
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- m * teacher + (1 - m) * student, for the parameters both have
+        (by name, as official: the student's ``masked_embed`` has no teacher twin)."""
+        student = dict(self.student.named_parameters())
+        pairs = [(t, student[k]) for k, t in self.teacher.named_parameters() if k in student]
+        t, s = [p for p, _ in pairs], [q.detach() for _, q in pairs]
+        torch._foreach_mul_(t, momentum)
+        torch._foreach_add_(t, torch._foreach_mul(s, 1 - momentum))
+
+    def last_layer_params(self):
+        """The student's ``last_layer*`` parameters (gradients dropped while frozen)."""
+        return [p for n, p in self.student.named_parameters() if "last_layer" in n]
+
+
+def _pair_or_none(x):
+    return None if x is None else [float(v) for v in x]
+
+
+def _list_or_float(x):
+    return float(x) if isinstance(x, (int, float)) else [float(v) for v in x]
+
+
+# ----------------------------------------------------------------------------- task
+
+
+class IBOTTask:
+    """iBOT on the one loop: the per-iteration weight decay (decayed group 0 only) and
+    EMA momentum, per-epoch teacher temperatures, per-parameter gradient clipping, the
+    last layer frozen for the first ``freeze_last_layer`` epochs, and the EMA after each
+    step. Use with ``LoopConfig(schedule='cosine_iter', clip_grad=None)`` and an
+    optimizer on ``IBOT.param_groups`` (decayed group first).
+
+    ``steps_per_epoch`` = optimizer steps per epoch (``len(loader) // accum_iter``).
+    """
+
+    def __init__(
+        self,
+        epochs: int,
+        steps_per_epoch: int,
+        weight_decay: float = 0.04,
+        weight_decay_end: float = 0.4,
+        momentum_teacher: float = 0.996,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp: float = 0.04,
+        warmup_teacher_patch_temp: float = 0.04,
+        teacher_patch_temp: float = 0.07,
+        warmup_teacher_temp_epochs: int = 30,
+        clip_grad: float | None = 3.0,
+        freeze_last_layer: int = 1,
+    ):
+        self.wd = cosine_iter_array(weight_decay, weight_decay_end, epochs, steps_per_epoch)
+        self.momentum = cosine_iter_array(momentum_teacher, 1.0, epochs, steps_per_epoch)
+        warm = warmup_teacher_temp_epochs
+        self.cls_temp = per_epoch_warmup(warmup_teacher_temp, teacher_temp, warm, epochs)
+        self.patch_temp = per_epoch_warmup(
+            warmup_teacher_patch_temp, teacher_patch_temp, warm, epochs
+        )
+        self.clip_grad = clip_grad
+        self.freeze_last_layer = freeze_last_layer
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        epochs: int,
+        steps_per_epoch: int,
+        weight_decay: float,
+        clip_grad: float | None,
+    ) -> IBOTTask:
+        return cls(
+            epochs,
+            steps_per_epoch,
+            weight_decay,
+            clip_grad=clip_grad,
+            **dist.unwrap(model).recipe(),
+        )
+
+    def training_step(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        return model(batch)
+
+    def on_step_start(self, model: nn.Module, optimizer, step: int, epoch: int) -> None:
+        optimizer.param_groups[0]["weight_decay"] = _at(self.wd, step)
+        dist.unwrap(model).set_teacher_temps(_at(self.cls_temp, epoch), _at(self.patch_temp, epoch))
+
+    def before_optimizer_step(self, model: nn.Module, epoch: int) -> None:
+        ibot = dist.unwrap(model)
+        if self.clip_grad:
+            clip_grad_per_param_(ibot.student.parameters(), self.clip_grad)
+        if epoch < self.freeze_last_layer:
+            for p in ibot.last_layer_params():
+                p.grad = None  # AdamW then skips them entirely (no moments, no decay)
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        dist.unwrap(model).update_teacher(_at(self.momentum, step))
+
+
+def _at(values: list[float], i: int) -> float:
+    return values[min(i, len(values) - 1)]
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def _ibot(size: str, patch: int, **overrides) -> IBOT:
+    dim, depth, heads = VIT_SIZES[size]
+    args = dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch)
+    args.update(overrides)
+    return IBOT(**args)
+
+
+@register_model
+def ibot_vit(**kw) -> IBOT:
+    """Any iBOT by explicit arguments."""
+    return IBOT(**kw)
+
+
+@register_model
+def ibot_vit_small_patch16(**kw) -> IBOT:
+    """The official ViT-S/16 recipe (800 epochs): K 8192, shared head, last layer not
+    normalised, teacher temperature 0.04 -> 0.07 over 30 epochs, 10 local crops."""
+    recipe = dict(
+        out_dim=8192,
+        norm_last_layer=False,
+        shared_head=True,
+        teacher_temp=0.07,
+        warmup_teacher_temp_epochs=30,
+        drop_path_rate=0.1,
+    )
+    return _ibot("small", 16, **{**recipe, **kw})
+
+
+@register_model
+def ibot_vit_base_patch16(**kw) -> IBOT:
+    """The official ViT-B/16 recipe: as ViT-S/16 with the last layer normalised
+    (``norm_last_layer``) and the temperature warmup over 50 epochs."""
+    recipe = dict(
+        out_dim=8192,
+        norm_last_layer=True,
+        shared_head=True,
+        teacher_temp=0.07,
+        warmup_teacher_temp_epochs=50,
+        drop_path_rate=0.1,
+    )
+    return _ibot("base", 16, **{**recipe, **kw})
+
+
+@register_model
+def ibot_vit_tiny_cifar(**kw) -> IBOT:
+    """ViT-Tiny on 32 px CIFAR (4 px patches, 8x8 grid), six 16 px local crops (4x4).
+
+    K = 4096 prototypes: CIFAR-10 has ~10 classes but the patch head clusters local
+    parts; with batches of 256 (512 global views, ~32k patch tokens a step) 4096 keeps
+    every prototype reachable (DINO's ablations show K well above the class count helps)
+    while the (G*N, 64, K) teacher softmax stays small. Head hidden 2048 / bottleneck 256
+    as official; 20 temperature warmup epochs for a shorter (e.g. 400-epoch) schedule.
+    """
+    recipe = dict(
+        img_size=32,
+        out_dim=4096,
+        norm_last_layer=False,
+        shared_head=True,
+        teacher_temp=0.07,
+        warmup_teacher_temp_epochs=20,
+        drop_path_rate=0.1,
+        local_crops_number=6,
+        local_img_size=16,
+        global_crops_scale=(0.25, 1.0),
+        local_crops_scale=(0.05, 0.25),
+    )
+    return _ibot("tiny", 4, **{**recipe, **kw})
+
+
+for _fn in (ibot_vit, ibot_vit_small_patch16, ibot_vit_base_patch16, ibot_vit_tiny_cifar):
+    _fn.model_cls = IBOT
