@@ -50,7 +50,6 @@ OFFICIAL_ARGS = {
 
 
 def measure(impl: str, case: str, batch: int, steps: int, warmup: int, official: str | None):
-    import tempfile
 
     import torch
 
@@ -58,15 +57,13 @@ def measure(impl: str, case: str, batch: int, steps: int, warmup: int, official:
     name, size = CASES[case]
     if impl == "mimkit":
         import mimkit
-        from mimkit.bench import make_trainer, time_steps
-        from mimkit.cli.pretrain import PretrainTask
+        from mimkit.recipes.benchmark import measure_step
+        from mimkit.recipes.pretrain import PretrainTask
 
         model = mimkit.create_model(name)
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = make_trainer(
-                PretrainTask(), model, torch.device("cpu"), "fp32", tmp, batch, size
-            )
-            return time_steps(trainer, trainer.loader, steps, warmup)["img_s"]
+        make = lambda: {"image": torch.randn(batch, 3, size, size)}
+        cpu = torch.device("cpu")
+        return measure_step(PretrainTask(), model, make, cpu, "fp32", steps, warmup)["img_s"]
     model = _official_model(official, case)
     from timm.optim import param_groups_weight_decay
 

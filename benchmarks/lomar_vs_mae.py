@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import tempfile
 from pathlib import Path
 
 import torch
 
 import mimkit
-from mimkit.bench import device_name, step_throughput
-from mimkit.cli.pretrain import PretrainTask
+from mimkit.recipes.benchmark import device_name, measure_step
+from mimkit.recipes.pretrain import PretrainTask
 
 MODELS = {"mae": "mae_vit_base_patch16", "lomar": "lomar_vit_base_patch16"}
 
@@ -30,11 +29,10 @@ MODELS = {"mae": "mae_vit_base_patch16", "lomar": "lomar_vit_base_patch16"}
 def measure(kind: str, size: int, args, device) -> dict:
     torch.manual_seed(0)
     model = mimkit.create_model(MODELS[kind], img_size=size).to(device)
-    with tempfile.TemporaryDirectory() as tmp:
-        return step_throughput(
-            PretrainTask(), model, args.batch, size, device, args.precision, args.steps,
-            args.warmup, tmp,
-        )  # fmt: skip
+    make = lambda: {"image": torch.randn(args.batch, 3, size, size, device=device)}
+    return measure_step(
+        PretrainTask(), model, make, device, args.precision, args.steps, args.warmup
+    )
 
 
 def main() -> None:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import tempfile
 from pathlib import Path
 
 import torch
 
 import mimkit
-from mimkit.bench import device_name, step_throughput
-from mimkit.cli.pretrain import PretrainTask
+from mimkit.recipes.benchmark import device_name, measure_step
+from mimkit.recipes.pretrain import PretrainTask
 
 CASES = {  # name: (model, img_size, default batch on CPU, on GPU)
     "mae_vit_base_patch16": ("mae_vit_base_patch16", 224, 8, 256),
@@ -47,18 +46,10 @@ def main() -> None:
         batch = args.batch or (gpu_batch if device.type == "cuda" else cpu_batch)
         torch.manual_seed(0)
         model = mimkit.create_model(name).to(device)
-        with tempfile.TemporaryDirectory() as tmp:
-            r = step_throughput(
-                PretrainTask(),
-                model,
-                batch,
-                size,
-                device,
-                args.precision,
-                args.steps,
-                args.warmup,
-                tmp,
-            )
+        make = lambda b=batch, s=size: {"image": torch.randn(b, 3, s, s, device=device)}
+        r = measure_step(
+            PretrainTask(), model, make, device, args.precision, args.steps, args.warmup
+        )
         row = {
             "date": datetime.date.today().isoformat(),
             "model": name,

@@ -149,7 +149,7 @@ def test_errors_are_one_line(tmp_path, image_folder, capsys, args, pattern):
 
 
 def test_empty_data_fails_before_any_model_is_built(tmp_path, capsys, monkeypatch):
-    import mimkit.cli.pretrain as P
+    import mimkit.recipes.pretrain as P
 
     monkeypatch.setattr(P, "build_model", lambda cfg: pytest.fail("model was built"))
     (tmp_path / "empty").mkdir()

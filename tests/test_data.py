@@ -6,10 +6,10 @@ from PIL import Image
 
 from mimkit.data import (
     EpochSampler,
-    FileListSource,
-    FolderSource,
     ImageDataset,
     collate,
+    file_list_source,
+    folder_source,
     pretrain_transform,
 )
 from mimkit.data.datasets import load_rgb
@@ -20,7 +20,7 @@ def test_folder_source_is_recursive_sorted_and_labelled(image_folder):
     (image_folder / "cat" / "nested").mkdir()
     shutil.copy(next((image_folder / "cat").glob("*.jpg")), image_folder / "cat/nested/x.JPEG")
     (image_folder / "cat" / "notes.txt").write_text("not an image")
-    src = FolderSource(image_folder)
+    src = folder_source(image_folder)
     assert len(src) == 65
     assert src.paths == sorted(src.paths, key=lambda p: p)  # deterministic order
     assert src.classes == ["airplane", "cat", "ship", "truck"]
@@ -32,28 +32,28 @@ def test_flat_folder_has_no_labels(tmp_path, image_folder):
     flat.mkdir()
     for f in list(image_folder.rglob("*.jpg"))[:3]:
         shutil.copy(f, flat / f.name)
-    src = FolderSource(flat)
+    src = folder_source(flat)
     assert len(src) == 3 and src.labels is None
 
 
 def test_empty_or_missing_source_is_clear(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(UserError, match="no images found under .*empty"):
-        FolderSource(tmp_path / "empty")
+        folder_source(tmp_path / "empty")
     with pytest.raises(UserError, match="data folder not found"):
-        FolderSource(tmp_path / "nope")
+        folder_source(tmp_path / "nope")
 
 
 def test_file_list_source(tmp_path, image_folder):
     files = sorted(image_folder.rglob("*.jpg"))[:4]
     lst = tmp_path / "train.txt"
     lst.write_text("\n".join(str(f.relative_to(image_folder)) for f in files) + "\n")
-    src = FileListSource(image_folder, lst)
+    src = file_list_source(image_folder, lst)
     assert src.paths == [str(f) for f in files] and src.labels is None
     lst.write_text("\n".join(f"{f.relative_to(image_folder)} {i % 2}" for i, f in enumerate(files)))
-    assert FileListSource(image_folder, lst).labels == [0, 1, 0, 1]
+    assert file_list_source(image_folder, lst).labels == [0, 1, 0, 1]
     with pytest.raises(UserError, match="file list not found"):
-        FileListSource(image_folder, tmp_path / "missing.txt")
+        file_list_source(image_folder, tmp_path / "missing.txt")
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16"])
@@ -71,7 +71,7 @@ def test_corrupt_images_are_skipped_and_reported(image_folder):
     truncated = image_folder / "cat" / "truncated.jpg"
     good = next((image_folder / "ship").glob("*.jpg")).read_bytes()
     truncated.write_bytes(good[: len(good) // 3])
-    src = FolderSource(image_folder)
+    src = folder_source(image_folder)
     ds = ImageDataset(src, pretrain_transform(32))
     items = [ds[i] for i in range(len(ds))]
     batch = collate(items)
@@ -82,7 +82,7 @@ def test_corrupt_images_are_skipped_and_reported(image_folder):
 
 
 def test_augmentation_depends_only_on_seed(image_folder):
-    ds = ImageDataset(FolderSource(image_folder), pretrain_transform(32))
+    ds = ImageDataset(folder_source(image_folder), pretrain_transform(32))
     a, _, _ = ds[(3, 1234)]
     torch.rand(100)  # global RNG use in between must not matter
     b, _, _ = ds[(3, 1234)]

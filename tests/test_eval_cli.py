@@ -61,7 +61,7 @@ def test_knn_end_to_end_and_cached_second_run(
     assert (out / "confusion.png").is_file() and (out / "config.yaml").is_file()
     assert "k=10" in stdout
 
-    import mimkit.cli.evaluate as E  # a second run with other k must not re-encode anything
+    import mimkit.recipes.backbone as E  # a second run with other k must not re-encode anything
 
     monkeypatch.setattr(E, "extract", lambda *a, **k: pytest.fail("features recomputed"))
     _run(

@@ -304,7 +304,7 @@ def test_another_architecture_is_an_error_not_a_silent_no_op(tmp_path):
 
 # ---------------------------------------------------------------------------- 8. symlinks
 
-_WALK = "from mimkit.data import FolderSource; s = FolderSource({!r}); print(len(s))"
+_WALK = "from mimkit.data import folder_source; s = folder_source({!r}); print(len(s))"
 
 
 def test_symlink_loops_end_and_files_are_listed_once(tmp_path):
@@ -418,7 +418,7 @@ def test_file_list_of_missing_files_fails_up_front(tmp_path, capsys):
 
 
 def test_huge_images_keep_the_limit_and_say_why_they_are_skipped(tmp_path, monkeypatch):
-    from mimkit.data import FolderSource, ImageDataset, collate
+    from mimkit.data import ImageDataset, collate, folder_source
     from mimkit.data.images import open_rgb
     from mimkit.data.transforms import pretrain_transform
 
@@ -430,7 +430,7 @@ def test_huge_images_keep_the_limit_and_say_why_they_are_skipped(tmp_path, monke
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)  # stands in for PIL's 89 MP
     with pytest.warns(Image.DecompressionBombWarning):  # between 1x and 2x: warned, not hidden
         open_rgb(folder / "medium.png")
-    ds = ImageDataset(FolderSource(folder), pretrain_transform(32))
+    ds = ImageDataset(folder_source(folder), pretrain_transform(32))
     batch = collate([ds[i] for i in range(len(ds))])
     reasons = dict(batch["bad"])
     assert list(reasons) == [str(folder / "big.png")]

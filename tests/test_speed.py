@@ -11,7 +11,7 @@ from torchvision.transforms import v2 as T
 
 import mimkit
 from mimkit.cli import main
-from mimkit.data import EpochSampler, FolderSource
+from mimkit.data import EpochSampler, folder_source
 from mimkit.data import device_aug as D
 from mimkit.data.jpeg import DeviceJpegLoader, decode_batch
 from mimkit.data.shards import ShardDataset, ShardLoader, write_shards
@@ -88,7 +88,7 @@ def test_augment_batch_draws_per_image():
 
 def test_tensor_cache_and_its_loader(tmp_path, image_folder):
     (image_folder / "cat" / "broken.jpg").write_bytes(b"nope")
-    src = FolderSource(image_folder)
+    src = folder_source(image_folder)
     cache = build_tensor_cache(src, 32, tmp_path / "c.pt", num_workers=0)
     assert cache["images"].shape == (64, 3, 32, 32) and cache["images"].dtype == torch.uint8
     assert cache["bad"] == [str(image_folder / "cat" / "broken.jpg")]
@@ -117,7 +117,7 @@ def test_device_jpeg_decode_handles_png_and_corrupt(tmp_path, image_folder):
     out = decode_batch(datas, torch.device("cpu"))
     assert out[0].shape == (3, 32, 32) and out[1].shape == (3, 10, 20) and out[2] is None
     (image_folder / "cat" / "zz_bad.jpg").write_bytes(b"nope")
-    src = FolderSource(image_folder)
+    src = folder_source(image_folder)
     loader = DeviceJpegLoader(
         src, 13, EpochSampler(len(src), shuffle=False), 0, torch.device("cpu"), 24
     )
@@ -134,7 +134,7 @@ def _labels_from(ds, workers):
 
 
 def test_shards_cover_every_sample_once_across_2_ranks_x_2_workers(tmp_path, image_folder):
-    src = FolderSource(image_folder)
+    src = folder_source(image_folder)
     src.labels = list(range(len(src)))  # label = sample index, to count coverage
     write_shards(src, tmp_path / "shards", shard_size=8)  # 8 shards of 8
     seen = []
@@ -150,7 +150,7 @@ def test_shards_cover_every_sample_once_across_2_ranks_x_2_workers(tmp_path, ima
 
 
 def test_uneven_shards_give_every_rank_the_same_length(tmp_path, image_folder):
-    src = FolderSource(image_folder)
+    src = folder_source(image_folder)
     write_shards(src, tmp_path / "shards", shard_size=7)  # 10 shards: 9 x 7 + 1
     counts = []
     for rank in range(2):

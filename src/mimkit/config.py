@@ -7,7 +7,10 @@ typed arguments. The resolved config is saved in the run folder.
 from __future__ import annotations
 
 import difflib
+import logging
+import re
 from dataclasses import dataclass, field
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,35 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from .errors import UserError
 
+log = logging.getLogger("mimkit")
+
+
+class Choice(str, Enum):
+    """A config value from a fixed set. Members are named by their value and behave as
+    that string everywhere (comparison, formatting, JSON); OmegaConf validates them, so
+    each choice is checked in one place, with the key named in the error."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return self.value.__format__(spec)
+
+
+Precision = Choice("Precision", {v: v for v in ("auto", "fp32", "bf16", "fp16")})
+Pipeline = Choice("Pipeline", {v: v for v in ("files", "tensor_cache", "gpu_jpeg", "shards")})
+Pool = Choice("Pool", {v: v for v in ("cls", "avg")})
+GlobalPool = Choice("GlobalPool", {v: v for v in ("avg", "token")})
+ProbeOptimizer = Choice("ProbeOptimizer", {v: v for v in ("lars", "sgd")})
+Schedule = Choice("Schedule", {v: v for v in ("cosine", "onecycle", "cosine_iter")})
+
 
 @dataclass
 class ModelConfig:
     name: str = "mae_vit_base_patch16"
+    # weights to start from (evaluation, fine-tuning, detection): a mimkit, official MAE /
+    # iBOT, timm or Hugging Face checkpoint; 'none' = random init (for comparison)
+    checkpoint: str | None = None
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
     drop_path: float = 0.0
@@ -37,7 +65,7 @@ class DataConfig:
     hflip: bool = True
     batch_size: int = 64  # per process
     num_workers: int = 8
-    pipeline: str = "files"  # files | tensor_cache | gpu_jpeg | shards (pretraining)
+    pipeline: Pipeline = Pipeline.files  # files | tensor_cache | gpu_jpeg | shards
     cache_dir: str | None = None  # tensor cache; default ~/.cache/mimkit/tensors
     cache_size: int | None = None  # stored image size for tensor_cache; default img_size
 
@@ -52,13 +80,15 @@ class OptimConfig:
     warmup_epochs: float = 40.0
     clip_grad: float | None = None
     accum_iter: int = 1
-    schedule: str = "cosine"  # cosine: warmup + half-cosine | onecycle: ConvMixer's CIFAR schedule
+    # cosine: warmup + half-cosine (MAE) | onecycle: ConvMixer's CIFAR schedule |
+    # cosine_iter: DINO/iBOT per-iteration arrays (warmup reaches the lr at its last step)
+    schedule: Schedule = Schedule.cosine
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 800
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: Precision = Precision.auto  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     log_every: int = 50  # steps between loss logs (the only host-device sync)
@@ -75,8 +105,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    checkpoint: str | None = None  # backbone weights; 'none' = random init (for comparison)
-    pool: str = "cls"  # cls | avg: which features kNN / probe / Q-score read
+    checkpoint: str | None = None  # deprecated alias of model.checkpoint
+    pool: Pool = Pool.cls  # cls | avg: which features kNN / probe / Q-score read
     knn_k: list[int] = field(default_factory=lambda: [10, 20, 200])
     knn_temperature: float = 0.07
     cache_dir: str | None = None  # feature cache; default ~/.cache/mimkit/features, 'none' = off
@@ -85,7 +115,7 @@ class EvalConfig:
 
 @dataclass
 class LinprobeConfig:
-    optimizer: str = "lars"  # lars | sgd
+    optimizer: ProbeOptimizer = ProbeOptimizer.lars
     augment: bool = False  # random resized crop + flip; the frozen encoder then runs each step
     cache: bool = True  # without augmentation: train the head on features extracted once
 
@@ -94,7 +124,7 @@ class LinprobeConfig:
 class FinetuneConfig:
     layer_decay: float = 0.75  # lr scale decay^(depth + 1 - layer)
     trainable_blocks: int | None = None  # partial fine-tuning: train only the last k blocks
-    global_pool: str = "avg"  # avg (fc_norm, as MAE) | token
+    global_pool: GlobalPool = GlobalPool.avg  # avg (fc_norm, as MAE) | token
     mixup: float = 0.8
     cutmix: float = 1.0
     smoothing: float = 0.1
@@ -123,6 +153,14 @@ class DetectConfig:
 
 
 @dataclass
+class BenchConfig:
+    steps: int = 20  # timed steps
+    warmup: int = 5  # untimed steps first
+    data: str = "synthetic"  # or an image folder / shards: also time the loader, end to end
+    json: str | None = None  # where to save the result (default runs/benchmark/<preset>.json)
+
+
+@dataclass
 class Config:
     task: str = "pretrain"
     name: str | None = None  # run name; default: preset name
@@ -136,49 +174,7 @@ class Config:
     linprobe: LinprobeConfig = field(default_factory=LinprobeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
-
-
-_CHOICES = {
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "task": ("pretrain", "knn", "linprobe", "finetune", "qscore", "detect"),
-    "eval.pool": ("cls", "avg"),
-    "data.pipeline": ("files", "tensor_cache", "gpu_jpeg", "shards"),
-    "linprobe.optimizer": ("lars", "sgd"),
-    "finetune.global_pool": ("avg", "token"),
-    "optim.schedule": ("cosine", "onecycle"),
-}
-
-# Each command's defaults, layered between the schema and the preset (official recipes:
-# MAE main_linprobe.py and main_finetune.py).
-TASK_DEFAULTS = {
-    "pretrain": {},
-    "knn": {},
-    "qscore": {},
-    "linprobe": {
-        "optim": {"blr": 0.1, "weight_decay": 0.0, "warmup_epochs": 10},
-        "train": {"epochs": 90, "save_every": 10},
-        "data": {"batch_size": 512},
-    },
-    "finetune": {
-        "model": {"drop_path": 0.1},
-        "optim": {
-            "blr": 1e-3,
-            "weight_decay": 0.05,
-            "warmup_epochs": 5,
-            "min_lr": 1e-6,
-            "betas": [0.9, 0.999],
-        },
-        "train": {"epochs": 50, "save_every": 10},
-    },
-    # ViTDet's COCO recipe (detectron2 projects/ViTDet): AdamW (0.9, 0.999), lr 1e-4 at
-    # batch 64 (blr 4e-4 = 1e-4 x 256 / 64), wd 0.1, drop path 0.1, 1024 px with large-scale jitter.
-    "detect": {
-        "model": {"name": "vit_base_patch16", "drop_path": 0.1},
-        "data": {"img_size": 1024, "batch_size": 2},
-        "optim": {"blr": 4e-4, "weight_decay": 0.1, "betas": [0.9, 0.999], "warmup_epochs": 0.25},
-        "train": {"epochs": 100, "save_every": 10},
-    },
-}
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 def preset_dir():
@@ -212,17 +208,22 @@ def load_config(
     base: DictConfig | dict | None = None,
     schema: type = Config,
     task: str | None = None,
+    values: dict | None = None,
 ) -> Config:
-    """Resolve schema defaults <- task defaults <- base (a resumed run) <- preset <- overrides."""
+    """Resolve schema defaults <- the task's defaults (its recipe) <- base (a resumed run)
+    <- preset <- ``key=value`` overrides <- ``values`` ({'optim.blr': 1e-3} or nested:
+    the Python API's keyword arguments)."""
     try:
         layers = [OmegaConf.structured(schema)]
         if task:
-            layers.append(OmegaConf.create({"task": task, **TASK_DEFAULTS[task]}))
+            layers.append(OmegaConf.create({"task": task, **task_defaults(task)}))
         if base is not None:
             layers.append(OmegaConf.create(base))
         if preset:
             layers.append(_load_yaml(preset_path(preset)))
         layers.append(_parse_overrides(overrides))
+        if values:
+            layers.append(OmegaConf.create(nest(values)))
         cfg = OmegaConf.merge(*layers)
         if cfg.name is None and preset:
             cfg.name = Path(preset).stem
@@ -233,8 +234,39 @@ def load_config(
         raise UserError(_validation_message(e)) from None
     except OmegaConfBaseException as e:
         raise UserError(f"config error: {str(e).splitlines()[0]}") from None
+    _alias_eval_checkpoint(obj)
     validate(obj)
     return obj
+
+
+def task_defaults(task: str) -> dict:
+    """A job's defaults, layered between the schema and the preset: its recipe's."""
+    from .recipes.registry import get_recipe
+
+    return get_recipe(task).defaults
+
+
+def nest(values: dict) -> dict:
+    """{'optim.blr': 1e-3, 'data': {'path': 'x'}} -> nested dicts for OmegaConf."""
+    out: dict = {}
+    for key, value in values.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(nest(value))
+        else:
+            node[parts[-1]] = nest(value) if isinstance(value, dict) else value
+    return out
+
+
+def _alias_eval_checkpoint(cfg: Config) -> None:
+    if cfg.eval.checkpoint is not None:
+        if cfg.model.checkpoint is None:
+            cfg.model.checkpoint = cfg.eval.checkpoint
+        log.warning("config key 'eval.checkpoint' is deprecated: use 'model.checkpoint'")
+        cfg.eval.checkpoint = None
 
 
 def _load_yaml(path: Path) -> DictConfig:
@@ -273,17 +305,21 @@ def _unknown_key_message(e: ConfigKeyError, schema: type) -> str:
 
 def _validation_message(e: ValidationError) -> str:
     first = str(e).splitlines()[0]
+    choice = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", first)
+    if choice:  # an Enum key: say it like the other choice errors
+        value, allowed = choice.groups()
+        return f"config key '{e.full_key}' must be one of {allowed}, got '{value}'"
     return f"config key '{e.full_key}': {first}"
 
 
 def validate(cfg: Config) -> None:
     """Checks OmegaConf's types cannot express; each error names the key."""
-    for key, choices in _CHOICES.items():
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
-        if value not in choices:
-            raise UserError(
-                f"config key '{key}' must be one of {', '.join(choices)}, got '{value}'"
-            )
+    from .recipes.registry import recipe_names
+
+    if cfg.task not in recipe_names():
+        raise UserError(
+            f"config key 'task' must be one of {', '.join(recipe_names())}, got '{cfg.task}'"
+        )
     if not 0.0 < cfg.model.mask_ratio < 1.0:
         raise UserError(
             f"config key 'model.mask_ratio' must be between 0 and 1 (exclusive: the loss is "
@@ -318,7 +354,9 @@ def to_yaml(cfg) -> str:
 
 
 def to_dict(cfg) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    """Plain dicts, lists, numbers and strings (choices as their values): safe to save in
+    checkpoints that load with ``weights_only=True``."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
 
 
 __all__ = ["MISSING", "Config", "load_config", "list_presets", "to_yaml", "to_dict"]

@@ -1,26 +1,19 @@
-"""Flags shared by the training commands, and run-folder handling."""
+"""Flags shared by the configured commands, and turning them into a resolved config."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-from pathlib import Path
 
-from .. import config as C
-from ..engine import distributed as dist
-from ..engine.checkpoint import load_training_state, resume_path
-from ..engine.loop import LoopConfig
-from ..errors import UserError
-from ..utils.io import atomic_write_text, remove_stale_temps
-
-log = logging.getLogger("mimkit")
+from .. import config as config_lib
+from ..recipes.registry import get_recipe
+from ..recipes.run import resolve
 
 
-def add_training_flags(
-    p: argparse.ArgumentParser, default_preset: str | None, training: bool = True
-) -> None:
-    """Flags every configured command shares; ``training`` adds --epochs and --resume."""
-    default = f"default: {default_preset}; " if default_preset else ""
+def add_training_flags(p: argparse.ArgumentParser, recipe: str, checkpoint: bool = False) -> None:
+    """Flags every configured command shares; training recipes add --epochs and --resume,
+    evaluation ones --checkpoint (the backbone) and --pool."""
+    r = get_recipe(recipe)
+    default = f"default: {r.preset}; " if r.preset else ""
     p.add_argument(
         "--config",
         "-c",
@@ -32,13 +25,20 @@ def add_training_flags(
     p.add_argument("--name", help="run name (default: the preset name)")
     p.add_argument("--batch-size", type=int, help="data.batch_size, per process")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (train.device)")
-    if training:
+    if r.trains:
         p.add_argument("--epochs", type=int, help="train.epochs")
         p.add_argument(
             "--resume",
             metavar="PATH",
             help="continue exactly from a checkpoint file or a run folder",
         )
+    if checkpoint:
+        p.add_argument(
+            "--checkpoint",
+            help="backbone (model.checkpoint): mimkit, official MAE/iBOT, timm or Hugging Face "
+            "weights; 'none' = random init of model.name",
+        )
+        p.add_argument("--pool", choices=("cls", "avg"), help="features from cls token or average")
     add_trust_flag(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument(
@@ -66,9 +66,8 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         "train.epochs": getattr(args, "epochs", None),
         "data.batch_size": args.batch_size,
         "train.device": args.device,
-        "eval.checkpoint": getattr(args, "checkpoint", None),
+        "model.checkpoint": getattr(args, "checkpoint", None),
         "eval.pool": getattr(args, "pool", None),
-        "trust_checkpoint": True if getattr(args, "trust_checkpoint", False) else None,
     }
     return [f"{k}={_quote(v)}" for k, v in pairs.items() if v is not None]
 
@@ -80,79 +79,17 @@ def _quote(v) -> str:
     return str(v)
 
 
-def resolve_config(args, default_preset: str | None, task: str):
-    """Config from preset + flags + overrides; on --resume, the run's saved config is the base."""
-    base, resume = None, None
-    if getattr(args, "resume", None):
-        resume = resume_path(args.resume)
-        state = load_training_state(resume, trust=args.trust_checkpoint)
-        base, saved_model = state.get("config"), state.get("model_name")
-        if base is None:
-            raise UserError(f"{resume} holds no config; it was not written by mimkit")
-        if not args.out:
-            base["out"] = str(resume.parent)
-    preset = args.config or (None if base else default_preset)
-    cfg = C.load_config(preset, [*flag_overrides(args), *args.overrides], base=base, task=task)
-    if resume and task == "pretrain" and saved_model and saved_model != cfg.model.name:
-        raise UserError(f"{resume} holds {saved_model}, the config asks for {cfg.model.name}")
-    return cfg, resume
-
-
-def prepare_run_dir(cfg, resuming: bool) -> Path:
-    """runs/<name> by default (numbered if taken); an explicit --out holding a run is refused
-    unless resuming, so a new run never overwrites another's checkpoints."""
-    if cfg.out:
-        out = Path(cfg.out)
-        if not resuming and (out / "checkpoint-last.pth").exists():
-            raise UserError(
-                f"{out} already holds a run: continue it with --resume {out}, "
-                "or choose another --out"
-            )
-    else:
-        out = _free_dir(Path("runs") / (cfg.name or cfg.task))
-    out = Path(dist.broadcast_object(str(out)))
-    cfg.out = str(out)
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        stale = remove_stale_temps(out)
-        if stale:
-            log.info("removed %d temp files of an interrupted write in %s", len(stale), out)
-        if not resuming:  # a resumed run's config is written once its checkpoint loaded
-            save_config(cfg)
-    dist.barrier()
-    return out
-
-
-def save_config(cfg) -> None:
-    """The resolved config into the run folder (rank 0)."""
-    if dist.is_main():
-        atomic_write_text(Path(cfg.out) / "config.yaml", C.to_yaml(cfg))
-
-
-def _free_dir(path: Path) -> Path:
-    if not (path / "checkpoint-last.pth").exists():
-        return path
-    n = 2
-    while (path.parent / f"{path.name}-{n}" / "checkpoint-last.pth").exists():
-        n += 1
-    return path.parent / f"{path.name}-{n}"
-
-
-def loop_config(cfg, lr: float, precision: str, monitor: str | None = None) -> LoopConfig:
-    """The training loop's settings from a resolved config (every training command)."""
-    return LoopConfig(
-        epochs=cfg.train.epochs,
-        base_lr=lr,
-        min_lr=cfg.optim.min_lr,
-        warmup_epochs=cfg.optim.warmup_epochs,
-        accum_iter=cfg.optim.accum_iter,
-        clip_grad=cfg.optim.clip_grad,
-        precision=precision,
-        log_every=cfg.train.log_every,
-        save_every=cfg.train.save_every,
-        max_steps=cfg.train.max_steps,
-        monitor=monitor,
-        eval_every=cfg.train.eval_every,
-        schedule=cfg.optim.schedule,
-        max_abs_weight=cfg.train.max_abs_weight,
+def resolve_config(args, task: str):
+    """(config, resume path) from preset + flags + overrides (a resumed run's saved config
+    is the base); prints it and returns None for --dry-run."""
+    cfg, resume = resolve(
+        task,
+        args.config,
+        [*flag_overrides(args), *args.overrides],
+        resume=getattr(args, "resume", None),
+        trust=args.trust_checkpoint,
     )
+    if args.dry_run:
+        print(config_lib.to_yaml(cfg), end="")
+        return None
+    return cfg, resume

@@ -68,8 +68,9 @@ def save_filter_grids(patch: torch.Tensor, depthwise: torch.Tensor, layer: int, 
     rgb = patch.shape[1] == 3
     axes[0].imshow(filter_grid(patch.float().cpu()).numpy(), interpolation="nearest")
     axes[0].set_title(f"patch embedding: {len(patch)} filters {tuple(patch.shape[1:])}")
-    axes[1].imshow(filter_grid(depthwise.float().cpu())[..., 0].numpy(), cmap="gray",
-                   interpolation="nearest")  # fmt: skip
+    axes[1].imshow(
+        filter_grid(depthwise.float().cpu())[..., 0].numpy(), cmap="gray", interpolation="nearest"
+    )
     axes[1].set_title(
         f"layer {layer} depthwise: {len(depthwise)} kernels {tuple(depthwise.shape[2:])}"
     )

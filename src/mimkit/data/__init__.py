@@ -1,15 +1,15 @@
 from .datasets import ImageDataset, collate
 from .labeled import Splits, open_splits
 from .loader import EpochSampler, build_loader
-from .sources import FileListSource, FolderSource, ImageSource, open_source
+from .sources import ImageSource, file_list_source, folder_source, open_source
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, pretrain_transform
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "EpochSampler",
-    "FileListSource",
-    "FolderSource",
+    "file_list_source",
+    "folder_source",
     "ImageDataset",
     "ImageSource",
     "Splits",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .sources import FileListSource, FolderSource, ImageSource
+from .sources import ImageSource, file_list_source, folder_source
 
 _LAYOUT = "ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg (or ROOT/test/...)"
 
@@ -37,7 +37,7 @@ def open_splits(
     if not train_dir.is_dir() or val_dir is None:
         missing = "train" if not train_dir.is_dir() else "val (or test)"
         raise UserError(f"{base} has no {missing} split: expected {_LAYOUT}")
-    train, val = FolderSource(train_dir), FolderSource(val_dir)
+    train, val = folder_source(train_dir), folder_source(val_dir)
     for split, src in (("train", train), (val_dir.name, val)):
         if src.labels is None:
             raise UserError(f"{base / split} has images outside class folders: expected {_LAYOUT}")
@@ -52,7 +52,7 @@ def open_splits(
 
 
 def _from_lists(root: str, train_list: str, val_list: str) -> Splits:
-    train, val = FileListSource(root, train_list), FileListSource(root, val_list)
+    train, val = file_list_source(root, train_list), file_list_source(root, val_list)
     for name, src in ((train_list, train), (val_list, val)):
         if src.labels is None:
             raise UserError(f"{name} has no labels: write 'relative/path.jpg LABEL' per line")

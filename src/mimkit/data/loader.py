@@ -7,6 +7,9 @@ import os
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..utils import distributed as dist
+from .datasets import collate
+
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant to spread seeds
 
 
@@ -84,4 +87,33 @@ def build_loader(
         collate_fn=collate_fn,
         generator=torch.Generator(),
         prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def eval_loader(
+    dataset, batch_size: int, num_workers: int, pin_memory: bool = False, collate_fn=None
+) -> DataLoader:
+    """This rank's share of ``dataset`` in order, unpadded (every item counted once over
+    all ranks; ``utils.distributed.interleave`` restores the order after a gather)."""
+    sampler = EpochSampler(
+        len(dataset), shuffle=False, rank=dist.rank(), world=dist.world_size(), pad=False
+    )
+    return build_loader(
+        dataset, batch_size, sampler, num_workers, False, pin_memory, collate_fn or collate
+    )
+
+
+def train_loader(
+    dataset,
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    pin_memory: bool = False,
+    collate_fn=None,
+) -> DataLoader:
+    """Shuffled per epoch from ``seed``, padded so every rank steps equally, full batches."""
+    world = dist.world_size()
+    sampler = EpochSampler(len(dataset), shuffle=True, seed=seed, rank=dist.rank(), world=world)
+    return build_loader(
+        dataset, batch_size, sampler, num_workers, True, pin_memory, collate_fn or collate
     )

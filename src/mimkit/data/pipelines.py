@@ -25,8 +25,6 @@ from .sources import ImageSource, open_source
 from .tensor_cache import TensorCacheLoader, load_tensor_cache
 from .transforms import pretrain_transform
 
-PIPELINES = ("files", "tensor_cache", "gpu_jpeg", "shards")
-
 
 @dataclass
 class PretrainData:
@@ -38,8 +36,6 @@ class PretrainData:
 
 def open_pretrain_data(pipeline: str, path: str | None, file_list: str | None) -> PretrainData:
     """Check the data exists and count it, before any model is built."""
-    if pipeline not in PIPELINES:
-        raise UserError(f"data.pipeline must be one of {', '.join(PIPELINES)}, got '{pipeline}'")
     if pipeline == "shards":
         if not path:
             raise UserError("no data given: pass --data SHARD_FOLDER (with shards.json)")
@@ -64,21 +60,23 @@ def build_pretrain_loader(
     device: torch.device,
     cache_dir: str | None = None,
     cache_size: int | None = None,
+    transform=None,
+    collate_fn=None,
 ):
+    """``transform`` / ``collate_fn`` replace the single-crop augmentation and batching of
+    the CPU pipelines (files, shards), e.g. iBOT's multi-crop views."""
     rank, world = dist.rank(), dist.world_size()
     pin = device.type == "cuda"
+    transform = transform or pretrain_transform(img_size, scale[0], hflip)
+    collate_fn = collate_fn or collate
     if data.pipeline == "shards":
-        ds = ShardDataset(
-            data.shard_dir, pretrain_transform(img_size, scale[0], hflip), seed, rank, world
-        )
-        return ShardLoader(ds, batch_size, num_workers, pin, collate)
+        ds = ShardDataset(data.shard_dir, transform, seed, rank, world)
+        return ShardLoader(ds, batch_size, num_workers, pin, collate_fn)
     sampler = EpochSampler(data.num_images, shuffle=True, seed=seed, rank=rank, world=world)
     if data.pipeline == "files":
         # large images are decoded at a reduced scale, still 4x the crop's output size
-        ds = ImageDataset(
-            data.source, pretrain_transform(img_size, scale[0], hflip), max_side=4 * img_size
-        )
-        return build_loader(ds, batch_size, sampler, num_workers, True, pin, collate)
+        ds = ImageDataset(data.source, transform, max_side=4 * img_size)
+        return build_loader(ds, batch_size, sampler, num_workers, True, pin, collate_fn)
     if data.pipeline == "gpu_jpeg":
         return DeviceJpegLoader(
             data.source, batch_size, sampler, num_workers, device, img_size, scale, hflip

@@ -29,7 +29,7 @@ class ImageSource:
         return len(self.paths)
 
 
-def FolderSource(root: str | Path) -> ImageSource:  # noqa: N802  (reads like a class)
+def folder_source(root: str | Path) -> ImageSource:
     """All images below ``root`` (sorted, recursive). Labels come from the first-level
     subfolder when every image sits in one (ImageFolder layout); otherwise none."""
     root = Path(root)
@@ -79,7 +79,7 @@ def walk_images(root: Path) -> list[str]:
     return paths
 
 
-def FileListSource(root: str | Path, list_file: str | Path) -> ImageSource:  # noqa: N802
+def file_list_source(root: str | Path, list_file: str | Path) -> ImageSource:
     """EasyCV-style list: one path relative to ``root`` per line, optionally ``path label``."""
     root, list_file = Path(root), Path(list_file)
     if not list_file.is_file():
@@ -137,4 +137,23 @@ def _is_int(s: str) -> bool:
 def open_source(path: str | None, file_list: str | None = None) -> ImageSource:
     if not path:
         raise UserError("no data given: pass --data PATH (a folder of images) or data.path=PATH")
-    return FileListSource(path, file_list) if file_list else FolderSource(path)
+    return file_list_source(path, file_list) if file_list else folder_source(path)
+
+
+def collect_images(items: list[str], limit: int | None = None) -> list[str]:
+    """Image files as given; folders contribute their images (searched recursively),
+    spread evenly over their sorted contents when ``limit`` caps the count."""
+    paths: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = folder_source(p).paths
+            step = max(1, len(found) // limit) if limit else 1
+            paths += found[::step][:limit] if limit else found
+        elif p.is_file():
+            if not p.name.lower().endswith(IMAGE_EXTENSIONS):
+                raise UserError(f"{p} is not an image ({', '.join(IMAGE_EXTENSIONS)})")
+            paths.append(str(p))
+        else:
+            raise UserError(f"image or folder not found: {p}")
+    return paths[:limit] if limit else paths

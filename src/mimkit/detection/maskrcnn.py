@@ -27,6 +27,30 @@ class ViTDetWithPyramid(nn.Module):
         return self.pyramid(self.vit(imgs))
 
 
+class _LayerDecay:
+    """Layer-wise lr decay through timm's ``param_groups_layer_decay`` (as fine-tuning):
+    patch and position embeddings are layer 0, ViT block i is layer i + 1, and the
+    pyramid and heads stay unmatched, which timm puts in the last group (full lr). No
+    weight decay on 1-D parameters and the position embedding (ViTDet's recipe)."""
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^backbone\.vit\.(patch_embed|pos_embed)",
+            blocks=[(r"^backbone\.vit\.blocks\.(\d+)", None)],
+        )
+
+    def no_weight_decay(self) -> set[str]:
+        return {"backbone.vit.pos_embed"}
+
+
+class ViTDetMaskRCNN(_LayerDecay, MaskRCNN):
+    pass
+
+
+class ViTDetFasterRCNN(_LayerDecay, FasterRCNN):
+    pass
+
+
 def build_detector(
     vit: ViTDetBackbone,
     num_classes: int,
@@ -52,5 +76,5 @@ def build_detector(
         size_divisible=vit.patch_size,
     )
     if masks:
-        return MaskRCNN(backbone, mask_roi_pool=MultiScaleRoIAlign(levels, 14, 0), **common)
-    return FasterRCNN(backbone, **common)
+        return ViTDetMaskRCNN(backbone, mask_roi_pool=MultiScaleRoIAlign(levels, 14, 0), **common)
+    return ViTDetFasterRCNN(backbone, **common)

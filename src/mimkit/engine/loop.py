@@ -229,13 +229,19 @@ class Trainer:
         stats["skipped_images"] = self._gather_bad()
         return stats
 
+    def step(self, batch: dict, epoch: int = 0, index: int = 0) -> torch.Tensor:
+        """One micro-step of the training loop on ``batch`` (micro-batch ``index`` of
+        ``epoch``): lr schedule, forward, backward and, at the end of an accumulation
+        window, the optimizer step. Returns the detached loss (benchmarks time this)."""
+        return self._micro_step(epoch, index, batch)
+
     def _micro_step(self, epoch: int, i: int, batch: dict) -> torch.Tensor:
         accum = self.cfg.accum_iter
         it = epoch * self.steps_per_epoch + i // accum  # global optimizer step
         if i % accum == 0:
             set_lr(self.optimizer, self._scheduled_lr(epoch, i, it))
             self._call_task("on_step_start", self.model, self.optimizer, it, epoch)
-        batch = _to_device(batch, self.device)
+        batch = to_device(batch, self.device)
         sync = (i + 1) % accum == 0
         with self._no_sync(not sync):
             with P.autocast(self.cfg.precision, self.device):
@@ -477,13 +483,13 @@ def _batch_size(batch) -> int:
     return len(x)
 
 
-def _to_device(batch, device: torch.device):
+def to_device(batch, device: torch.device):
     if torch.is_tensor(batch):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device) for v in batch)
     return batch
 
 

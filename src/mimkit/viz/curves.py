@@ -54,3 +54,25 @@ def plot_curves(
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def plot_qscore(q, correct, path: Path) -> Path:
+    """Histogram of Q-scores; split by kNN correctness when known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if correct is None:
+        ax.hist(q.numpy(), bins=50, color="tab:blue")
+    else:
+        ax.hist(q[correct].numpy(), bins=50, alpha=0.6, label="kNN correct", density=True)
+        ax.hist(q[~correct].numpy(), bins=50, alpha=0.6, label="kNN wrong", density=True)
+        ax.legend()
+    ax.set_xlabel("Q-score")
+    ax.set_ylabel("density" if correct is not None else "images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -3,12 +3,16 @@ original | masked | reconstruction | reconstruction with the visible patches pas
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from .. import masking as M
-from ..data.transforms import denormalize
+from ..data.transforms import denormalize, eval_transform
+from ..errors import UserError
+
+log = logging.getLogger("mimkit")
 
 
 @torch.no_grad()
@@ -129,3 +133,35 @@ def save_grid(images: dict[str, torch.Tensor], path: str | Path, title: str = ""
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def reconstruction_grid(
+    model, paths: list[str], out, mask_ratio: float | None, seed: int, device
+) -> float:
+    """Write the grid for ``paths``; unreadable files are skipped and named. Returns the
+    masked-patch loss. MAE: random masks from ``seed``; LoMaR: its windows and masks."""
+    from ..data.images import failure_reason, open_rgb
+
+    transform = eval_transform(model.patch_embed.img_size[0])
+    images = []
+    for p in paths:
+        try:
+            images.append(transform(open_rgb(p)))
+        except Exception as e:  # any decode failure
+            log.warning("skipped unreadable image %s (%s)", p, failure_reason(e))
+    if not images:
+        raise UserError("none of the given images could be read")
+    imgs = torch.stack(images).to(device)
+    g = torch.Generator().manual_seed(seed)
+    if hasattr(model, "window_size"):  # LoMaR: windows, their masks and predictions
+        result = reconstruct_windows(model, imgs, g)
+        loss = float(result["loss"])
+        title = f"{model.num_window} windows of {model.window_size}x{model.window_size}, "
+        save_grid(result, out, title=title + f"masked-patch loss {loss:.4f}")
+        return loss
+    noise = torch.rand(len(images), model.patch_embed.num_patches, generator=g).to(device)
+    ratio = model.mask_ratio if mask_ratio is None else mask_ratio
+    result = reconstruct(model, imgs, ratio, noise)
+    loss = float(result["loss"])
+    save_grid(result, out, title=f"mask ratio {ratio:.2f}, masked-patch loss {loss:.4f}")
+    return loss

@@ -1,0 +1,292 @@
+"""Training throughput of the real step (the Trainer's hot path) on this device: model-only
+img/s, loader img/s and end to end, peak memory, FLOPs (counted, not assumed) and MFU."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from .. import config as config_lib
+from ..data.pipelines import open_pretrain_data
+from ..engine import distributed as dist
+from ..engine import precision as precision_lib
+from ..engine.loop import LoopConfig, Trainer, to_device
+from ..engine.optim import adamw, weight_decay_groups
+from ..errors import UserError
+from ..flops import count_step_flops, peak_tflops
+from ..models import create_model, is_pretrainer
+from ..utils.rng import seed_all
+from .registry import Recipe, register
+from .results import BenchmarkResult
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+class SyntheticLoader:
+    """Stands in for a DataLoader: the same device batch, endlessly."""
+
+    def __init__(self, batch: dict, batch_size: int):
+        self.batch, self.batch_size = batch, batch_size
+        self.sampler = range(10**9)
+
+    def __len__(self) -> int:
+        return 10**9
+
+    def __iter__(self):
+        while True:
+            yield dict(self.batch)
+
+
+def synthetic_batch(model, batch_size: int, device: torch.device) -> dict:
+    """Random images (and, for iBOT, multi-crop views with block masks) of the model's size."""
+    from ..models.ibot import IBOT
+
+    g = torch.Generator().manual_seed(0)
+    size = model.patch_embed.img_size[0] if hasattr(model, "patch_embed") else model.img_size
+    images = lambda s: torch.randn(batch_size, 3, s, s, generator=g).to(device)
+    if isinstance(model, IBOT):
+        a = model.multicrop_args()
+        grid = a["global_size"] // a["patch_size"]
+        masks = torch.rand(batch_size, grid, grid, generator=g) < 0.3
+        return {
+            "global": [images(a["global_size"]) for _ in range(a["global_crops"])],
+            "local": [images(a["local_size"]) for _ in range(a["local_crops"])],
+            "masks": [masks.to(device) for _ in range(a["global_crops"])],
+        }
+    labels = torch.zeros(batch_size, dtype=torch.long, device=device)
+    return {"image": images(size), "label": labels}
+
+
+# --------------------------------------------------------------------------- what is timed
+
+
+class ClassifyStep:
+    """A classifier's training step (cross-entropy): ConvMixer, ViT."""
+
+    def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"])}
+
+
+class BackboneStep:
+    """A detection backbone's step without the heads: ViTDet + simple pyramid, loss = mean
+    of every pyramid level (the heads' cost depends on the boxes, not the backbone)."""
+
+    def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": sum(m.float().mean() for m in model(batch["image"]).values())}
+
+
+def bench_parts(cfg: config_lib.Config) -> tuple[torch.nn.Module, object, str]:
+    """(model, task, kind) for a preset: pretraining models with their own task, a
+    detection preset's backbone + pyramid, anything else as a classifier."""
+    from .pretrain import PretrainTask, build_model
+
+    if is_pretrainer(cfg.model.name):
+        model = build_model(cfg)
+        if cfg.model.name.startswith("ibot"):
+            from ..models.ibot import IBOTTask
+
+            return model, IBOTTask.from_model(model, 1, 1, 0.04, 3.0), "pretrain"
+        return model, PretrainTask(), "pretrain"
+    if cfg.detect != config_lib.DetectConfig():
+        from ..detection.maskrcnn import ViTDetWithPyramid
+        from ..detection.vitdet import ViTDetBackbone
+        from .detect import backbone_args
+
+        args, _ = backbone_args(cfg)
+        vit = ViTDetBackbone(**args)
+        return ViTDetWithPyramid(vit, cfg.detect.out_channels), BackboneStep(), "detect backbone"
+    args = {"img_size": cfg.data.img_size} if cfg.data.img_size else {}
+    model = create_model(cfg.model.name, **{"num_classes": 1000, **args, **cfg.model.args})
+    return model, ClassifyStep(), "classify"
+
+
+def make_trainer(task, model, device, precision: str, out_dir, batch: dict, batch_size: int):
+    """A Trainer whose optimizer and step are the ones training uses (AdamW, fused on CUDA)."""
+    groups = model.param_groups(0.05) if hasattr(model, "param_groups") else None
+    optimizer = adamw(groups or weight_decay_groups(model, 0.05), 1e-4, (0.9, 0.95), device)
+    loop = LoopConfig(epochs=1, base_lr=1e-4, precision=precision)
+    loader = SyntheticLoader(batch, batch_size)
+    return Trainer(task, model, optimizer, loader, device, loop, out_dir)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(trainer: Trainer, batches: Iterable, steps: int, warmup: int) -> dict:
+    """Images/s over ``steps`` training steps after ``warmup`` steps (data included)."""
+    it = iter(batches)
+    trainer.model.train()
+    for i in range(warmup):
+        trainer.step(_drop_bad(next(it)), index=i)
+    _sync(trainer.device)
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+    n, t0 = 0, time.perf_counter()
+    for i in range(steps):
+        batch = _drop_bad(next(it))
+        n += _images(batch)
+        trainer.step(batch, index=warmup + i)
+    _sync(trainer.device)
+    seconds = time.perf_counter() - t0
+    cuda = trainer.device.type == "cuda"
+    return {
+        "img_s": n / seconds,
+        "step_ms": 1000 * seconds / steps,
+        "peak_mem_gb": torch.cuda.max_memory_allocated(trainer.device) / 2**30 if cuda else None,
+    }
+
+
+def measure_step(
+    task, model, make_batch: Callable[[], dict], device, precision: str, steps: int, warmup: int
+) -> dict:
+    """Model-only training-step throughput (for scripts comparing models)."""
+    precision = precision_lib.resolve(precision, device)
+    batch = make_batch()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(task, model, device, precision, tmp, batch, _images(batch))
+        return time_steps(trainer, trainer.loader, steps, warmup) | {"precision": precision}
+
+
+def time_loader(loader, device: torch.device, steps: int, warmup: int) -> float:
+    """Images/s of a loader alone (batches moved to ``device``), cycling epochs if needed."""
+    it = itertools.chain.from_iterable(itertools.repeat(loader))
+    for _ in range(warmup):
+        to_device(_drop_bad(next(it)), device)
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    for _ in range(steps):
+        batch = to_device(_drop_bad(next(it)), device)
+        n += _images(batch)
+    _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def _images(batch: dict) -> int:
+    x = batch["image"] if "image" in batch else batch["global"][0]
+    return len(x)
+
+
+def _drop_bad(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "bad"}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def run(cfg: config_lib.Config, resume: Path | None = None) -> BenchmarkResult:
+    from .pretrain import pretrain_loader
+
+    if dist.world_size() > 1:
+        raise UserError("benchmark measures one device: run it without torchrun")
+    device = dist.resolve_device(cfg.train.device)
+    precision = precision_lib.resolve(str(cfg.train.precision), device)
+    seed_all(cfg.train.seed)
+    model, task, kind = bench_parts(cfg)
+    model = model.to(device)
+    if cfg.train.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)
+    stepped = torch.compile(model) if cfg.train.compile else model
+    batch_size = cfg.data.batch_size
+    batch = synthetic_batch(model, batch_size, device)
+    flops = count_step_flops(task, model, synthetic_batch(model, 1, device))
+    name = device_name(device)
+    peak = peak_tflops(name) if device.type == "cuda" else None
+    mfu = (lambda img_s: img_s * flops / (peak * 1e12)) if peak else (lambda img_s: None)
+    b = cfg.bench
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "preset": cfg.name,
+        "model": cfg.model.name,
+        "kind": kind,
+        "device": name,
+        "torch": torch.__version__,
+        "precision": precision,
+        "compile": cfg.train.compile,
+        "batch": batch_size,
+        "img_size": _images_size(batch),
+        "train_gflop_per_image": round(flops / 1e9, 3),
+        "flop_formula": "counted: torch.utils.flop_counter.FlopCounterMode on one training "
+        "step (forward + backward)",
+        "peak_bf16_tflops": peak,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(task, stepped, device, precision, tmp, batch, batch_size)
+        r = time_steps(trainer, trainer.loader, b.steps, b.warmup)
+        result.update(
+            model_img_s=r["img_s"],
+            model_step_ms=r["step_ms"],
+            model_mfu=mfu(r["img_s"]),
+            model_tflops=r["img_s"] * flops / 1e12,
+            peak_mem_gb=r["peak_mem_gb"],
+        )
+        if b.data != "synthetic":
+            data = open_pretrain_data(str(cfg.data.pipeline), b.data, cfg.data.file_list)
+            loader = pretrain_loader(cfg, data, device, model)
+            result["pipeline"] = str(cfg.data.pipeline)
+            result["loader_img_s"] = time_loader(loader, device, b.steps, b.warmup)
+            batches = itertools.chain.from_iterable(itertools.repeat(loader))
+            e2e = time_steps(trainer, batches, b.steps, b.warmup)
+            result.update(
+                end_to_end_img_s=e2e["img_s"],
+                end_to_end_mfu=mfu(e2e["img_s"]),
+                end_to_end_vs_model=e2e["img_s"] / r["img_s"],
+            )
+    path = Path(b.json or f"runs/benchmark/{cfg.name or cfg.model.name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return BenchmarkResult(out=path.parent, metrics=result, config=cfg, json=path)
+
+
+def _images_size(batch: dict) -> int:
+    x = batch["image"] if "image" in batch else batch["global"][0]
+    return x.shape[-1]
+
+
+def report(result: dict) -> str:
+    """The benchmark as lines of text (the CLI prints this)."""
+    pct = lambda v: f"{100 * v:.1f}%" if v is not None else "n/a (no bf16 peak for this device)"
+    lines = [
+        f"device        {result['device']}  ({result['precision']}, compile={result['compile']})",
+        f"model         {result['model']} ({result['kind']}) @ {result['img_size']} px, batch "
+        f"{result['batch']}, {result['train_gflop_per_image']} GFLOP/image/step",
+        f"model only    {result['model_img_s']:.1f} img/s "
+        f"({result['model_step_ms']:.1f} ms/step), "
+        f"MFU {pct(result['model_mfu'])}, {result['model_tflops'] * 1e3:.1f} GFLOP/s achieved",
+    ]
+    if "loader_img_s" in result:
+        lines += [
+            f"loader        {result['loader_img_s']:.1f} img/s  ({result['pipeline']})",
+            f"end to end    {result['end_to_end_img_s']:.1f} img/s  "
+            f"({100 * result['end_to_end_vs_model']:.0f}% of model only), "
+            f"MFU {pct(result['end_to_end_mfu'])}",
+        ]
+    if result["peak_mem_gb"] is not None:
+        lines.append(f"peak memory   {result['peak_mem_gb']:.2f} GiB")
+    return "\n".join(lines)
+
+
+RECIPE = register(
+    Recipe(
+        "benchmark",
+        run,
+        help="measure training throughput, memory and MFU on this device",
+        preset="mae_vit_base_patch16",
+        trains=False,
+    )
+)

@@ -1,0 +1,70 @@
+"""Weighted kNN accuracy of frozen features (DINO's protocol: cosine, T 0.07, k votes)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .. import config as config_lib
+from ..data import open_splits
+from ..engine import distributed as dist
+from ..engine.logging import RunLogger
+from ..eval.features import set_pool
+from ..eval.knn import knn_scores
+from ..eval.metrics import classification_metrics
+from .backbone import load_backbone, split_features, write_metrics
+from .registry import Recipe, register
+from .results import ClassifyResult
+from .run import start
+
+log = logging.getLogger("mimkit")
+
+
+def run(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResult:
+    ctx = start(cfg)
+    splits = open_splits(cfg.data.path, cfg.data.file_list, cfg.data.val_list)
+    out = ctx.run_dir()
+    model, _ = load_backbone(cfg, ctx.device)
+    set_pool(model, str(cfg.eval.pool))
+    train, val, skipped = split_features(ctx, model, splits)
+    n_train = len(train["labels"])
+    too_big = [k for k in cfg.eval.knn_k if k > n_train]
+    if too_big:
+        log.warning("k=%s exceeds the %d training images: using k=%d", too_big, n_train, n_train)
+    scores = knn_scores(
+        train["features"],
+        train["labels"],
+        val["features"],
+        len(splits.classes),
+        cfg.eval.knn_k,
+        cfg.eval.knn_temperature,
+    )
+    per_k = {k: classification_metrics(s, val["labels"], splits.classes) for k, s in scores.items()}
+    best = max(per_k, key=lambda k: per_k[k]["top1"])
+    metrics = {
+        "protocol": "knn",
+        "checkpoint": cfg.model.checkpoint,
+        "pool": str(cfg.eval.pool),
+        "temperature": cfg.eval.knn_temperature,
+        "best_k": best,
+        "k": {str(k): {"top1": m["top1"], "top5": m["top5"]} for k, m in per_k.items()},
+        **per_k[best],
+        "num_train": n_train,
+        "skipped_images": len(skipped),
+    }
+    RunLogger(out, False).write(
+        {"kind": "eval", **{f"knn{k}/top1": m["top1"] for k, m in per_k.items()}}
+    )
+    if dist.is_main():
+        for k, m in per_k.items():
+            print(f"k={k:<4d} top-1 {m['top1']:6.2f}%  top-5 {m['top5']:6.2f}%")
+    picture = write_metrics(out, metrics, splits.classes, f"kNN (k={best})")
+    metrics["per_k"] = metrics.pop("k")
+    return ClassifyResult(out=out, metrics=metrics, config=cfg, picture=picture)
+
+
+RECIPE = register(
+    Recipe(
+        "knn", run, help="weighted kNN accuracy of frozen features (DINO protocol)", trains=False
+    )
+)

@@ -1,0 +1,206 @@
+"""What every job shares: resolving its config, starting the run, and fitting a task on
+the one Trainer.
+
+    cfg, resume = resolve("pretrain", preset, overrides, values, resume)
+    ctx = start(cfg, resume)          # device, process group, console, precision, seed
+    out = ctx.run_dir()               # the run folder (config.yaml written once it is safe)
+    fitted = fit(ctx, task, model, make_optimizer, loader, lr, meta)   # resume, fit, save
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import config as config_lib
+from ..engine import distributed as dist
+from ..engine import precision as precision_lib
+from ..engine.checkpoint import LAST, load_training_state, resume_path
+from ..engine.logging import RunLogger, setup_console
+from ..engine.loop import LoopConfig, Trainer
+from ..engine.schedule import effective_lr
+from ..errors import UserError
+from ..utils.io import atomic_write_text, remove_stale_temps
+from ..utils.rng import seed_all
+from .registry import get_recipe
+
+log = logging.getLogger("mimkit")
+
+
+def resolve(
+    task: str,
+    preset: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict | None = None,
+    resume: str | Path | None = None,
+    trust: bool = False,
+) -> tuple[config_lib.Config, Path | None]:
+    """The run's config: recipe defaults <- preset <- overrides <- values. On resume the
+    run's saved config is the base (and its folder the default ``out``), and a pretraining
+    checkpoint of another model is refused before anything is written."""
+    recipe = get_recipe(task)
+    base, path, saved_model = None, None, None
+    if resume:
+        path = resume_path(resume)
+        state = load_training_state(path, trust=trust)
+        base, saved_model = state.get("config"), state.get("model_name")
+        if base is None:
+            raise UserError(f"{path} holds no config; it was not written by mimkit")
+        has_out = any(str(o).startswith("out=") for o in overrides) or "out" in (values or {})
+        if not has_out:
+            base["out"] = str(path.parent)
+    preset = preset or (None if base else recipe.preset)
+    cfg = config_lib.load_config(preset, overrides, base=base, task=task, values=values)
+    if trust:
+        cfg.trust_checkpoint = True
+    if path and task == "pretrain" and saved_model and saved_model != cfg.model.name:
+        raise UserError(f"{path} holds {saved_model}, the config asks for {cfg.model.name}")
+    return cfg, path
+
+
+@dataclass
+class RunContext:
+    """A started run: its config, device, precision and (once made) its folder."""
+
+    cfg: config_lib.Config
+    device: torch.device
+    precision: str
+    resume: Path | None = None
+    out: Path | None = None
+
+    @property
+    def effective_batch(self) -> int:
+        c = self.cfg
+        return c.data.batch_size * c.optim.accum_iter * dist.world_size()
+
+    def lr(self) -> float:
+        """optim.lr, or optim.blr x effective batch / 256 (MAE's linear scaling rule)."""
+        return effective_lr(self.cfg.optim.blr, self.cfg.optim.lr, self.effective_batch)
+
+    def run_dir(self) -> Path:
+        if self.out is None:
+            self.out = prepare_run_dir(self.cfg, resuming=self.resume is not None)
+        return self.out
+
+    def loop_config(self, lr: float, monitor: str | None = None, **changes) -> LoopConfig:
+        c = self.cfg
+        settings = dict(
+            epochs=c.train.epochs,
+            base_lr=lr,
+            min_lr=c.optim.min_lr,
+            warmup_epochs=c.optim.warmup_epochs,
+            accum_iter=c.optim.accum_iter,
+            clip_grad=c.optim.clip_grad,
+            precision=self.precision,
+            log_every=c.train.log_every,
+            save_every=c.train.save_every,
+            max_steps=c.train.max_steps,
+            monitor=monitor,
+            eval_every=c.train.eval_every,
+            schedule=str(c.optim.schedule),
+            max_abs_weight=c.train.max_abs_weight,
+        )
+        return LoopConfig(**{**settings, **changes})
+
+    def logger(self) -> RunLogger:
+        return RunLogger(self.run_dir(), self.cfg.train.tensorboard)
+
+
+def start(cfg: config_lib.Config, resume: Path | None = None) -> RunContext:
+    """Device, process group (under torchrun), console, precision and seed (the same
+    initial weights on every rank)."""
+    device = dist.resolve_device(cfg.train.device)
+    dist.init(device, cfg.train.dist_timeout_min)
+    setup_console()
+    precision = precision_lib.resolve(str(cfg.train.precision), device)
+    seed_all(cfg.train.seed)
+    return RunContext(cfg, device, precision, resume)
+
+
+def prepare_run_dir(cfg: config_lib.Config, resuming: bool) -> Path:
+    """runs/<name> by default (numbered if taken); an explicit ``out`` holding a run is
+    refused unless resuming, so a new run never overwrites another's checkpoints. Temp
+    files of an interrupted write are removed."""
+    if cfg.out:
+        out = Path(cfg.out)
+        if not resuming and (out / LAST).exists():
+            raise UserError(
+                f"{out} already holds a run: continue it with --resume {out}, "
+                "or choose another --out"
+            )
+    else:
+        out = _free_dir(Path("runs") / (cfg.name or cfg.task))
+    out = Path(dist.broadcast_object(str(out)))
+    cfg.out = str(out)
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temps(out)
+        if stale:
+            log.info("removed %d temp files of an interrupted write in %s", len(stale), out)
+        if not resuming:  # a resumed run's config is written once its checkpoint loaded
+            save_config(cfg)
+    dist.barrier()
+    return out
+
+
+def save_config(cfg: config_lib.Config) -> None:
+    """The resolved config into the run folder (rank 0)."""
+    if dist.is_main():
+        atomic_write_text(Path(cfg.out) / "config.yaml", config_lib.to_yaml(cfg))
+
+
+def _free_dir(path: Path) -> Path:
+    if not (path / LAST).exists():
+        return path
+    n = 2
+    while (path.parent / f"{path.name}-{n}" / LAST).exists():
+        n += 1
+    return path.parent / f"{path.name}-{n}"
+
+
+@dataclass
+class Fitted:
+    trainer: Trainer
+    last: dict = field(default_factory=dict)  # the last epoch's metrics
+
+    @property
+    def best(self) -> float:
+        return self.trainer.state.best
+
+
+def fit(
+    ctx: RunContext,
+    task,
+    model: torch.nn.Module,
+    make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
+    loader,
+    lr: float,
+    meta: dict,
+    monitor: str | None = None,
+    **loop_changes,
+) -> Fitted:
+    """Wrap (DDP/FSDP/compile), build the optimizer (after wrapping: FSDP replaces the
+    parameters), make the Trainer, reseed per rank (masking, mixup and drop path differ
+    across ranks), resume, write config.yaml, fit."""
+    cfg = ctx.cfg
+    wrapped = dist.wrap(model, ctx.device, cfg.train.fsdp, cfg.train.compile)
+    trainer = Trainer(
+        task,
+        wrapped,
+        make_optimizer(model),
+        loader,
+        ctx.device,
+        ctx.loop_config(lr, monitor, **loop_changes),
+        ctx.run_dir(),
+        meta={"config": config_lib.to_dict(cfg), **meta},
+        logger=ctx.logger(),
+    )
+    seed_all(cfg.train.seed + 1 + dist.rank())
+    if ctx.resume:
+        trainer.resume(ctx.resume, trust=cfg.trust_checkpoint)
+        save_config(cfg)
+    return Fitted(trainer, trainer.fit())
