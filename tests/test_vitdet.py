@@ -164,3 +164,30 @@ def test_detect_train_eval_predict_from_an_mae_checkpoint(coco128, tmp_path, cap
                  "--out", str(pics), "--score-threshold", "0"]) == 0  # fmt: skip
     png = pics / (first.stem + ".png")
     assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_detector_layer_decay_follows_vitdet_through_timm():
+    """timm's param_groups_layer_decay with the detector's group_matcher gives ViTDet's
+    scales: block i decay^(depth - i), embeddings decay^(depth + 1), pyramid/heads 1;
+    no weight decay on 1-D parameters and the position embedding."""
+    from mimkit.detection.maskrcnn import build_detector
+    from mimkit.eval.classify import layer_decay_groups
+
+    det = build_detector(_small_backbone(), 3, img_size=64)
+    names = {id(p): n for n, p in det.named_parameters()}
+    scale, decay = {}, {}
+    for g in layer_decay_groups(det, 0.1, 0.7):
+        for p in g["params"]:
+            scale[names[id(p)]], decay[names[id(p)]] = g["lr_scale"], g["weight_decay"]
+    depth = 4
+    assert scale["backbone.vit.patch_embed.proj.weight"] == pytest.approx(0.7 ** (depth + 1))
+    for i in range(depth):
+        assert scale[f"backbone.vit.blocks.{i}.attn.qkv.weight"] == pytest.approx(
+            0.7 ** (depth - i)
+        )
+    assert scale["backbone.pyramid.stages.0.0.weight"] == 1.0
+    assert all(s == 1.0 for n, s in scale.items() if n.startswith("roi_heads"))
+    assert (
+        decay["backbone.vit.pos_embed"] == 0.0 and decay["backbone.vit.blocks.0.norm1.weight"] == 0
+    )
+    assert decay["backbone.vit.blocks.0.attn.qkv.weight"] == 0.1

@@ -35,7 +35,7 @@ class _LayerDecay:
 
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
-            stem=r"^backbone\.vit\.(patch_embed|pos_embed)",
+            stem=r"^backbone\.vit\.(?:patch_embed|pos_embed)",
             blocks=[(r"^backbone\.vit\.blocks\.(\d+)", None)],
         )
 
