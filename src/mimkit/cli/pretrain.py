@@ -24,10 +24,15 @@ log = logging.getLogger("mimkit")
 
 
 class PretrainTask:
-    """Masked reconstruction: the model's forward returns (loss, pred, mask)."""
+    """Masked reconstruction: the model's forward returns (loss, pred, mask).
+
+    A batch may carry ``'noise'`` (N, L), passed on to the model's forward: it fixes the
+    MAE mask (tests replaying an official run); without it the model draws its own.
+    """
 
     def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        return {"loss": model(batch["image"])[0]}
+        fixed = {"noise": batch["noise"]} if "noise" in batch else {}
+        return {"loss": model(batch["image"], **fixed)[0]}
 
 
 def add_parser(sub) -> None:
