@@ -9,6 +9,7 @@ import torch
 import mimkit
 from mimkit import masking as M
 from mimkit.cli import main
+from mimkit.engine.optim import weight_decay_groups
 from mimkit.interop.checkpoint import Checkpoint, model_from_checkpoint
 from mimkit.layers.irpe import ContextualRPE, IRPEAttention, piecewise_index, product_buckets
 
@@ -126,6 +127,21 @@ def test_loss_only_on_masked_patches():
     assert (g[win.mask == 0] == 0).all() and (g[win.mask == 1] > 0).all()
     # fixed windows reproduce the loss exactly
     torch.testing.assert_close(model(imgs, windows=win).loss, model(imgs, windows=win).loss)
+
+
+def test_weight_decay_groups_follow_official_lomar():
+    """junchen14/LoMaR ``main_pretrain_lomar.py``: timm's ``add_weight_decay`` without a
+    skip list, so only 1-D tensors and biases are exempt; the tokens and the iRPE tables
+    are decayed."""
+    model = _tiny()
+    groups = weight_decay_groups(model, 0.05)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {n: id(p) in decayed for n, p in model.named_parameters()}
+    assert len(names) == sum(len(g["params"]) for g in groups)  # every parameter, once
+    for n, p in model.named_parameters():
+        assert names[n] == (p.ndim > 1 and not n.endswith(".bias")), n
+    for n in ("cls_token", "mask_token", "blocks.0.attn.rpe_k.lookup_table_weight"):
+        assert names[n], n
 
 
 def test_official_layout_loads_and_encoder_keeps_relative_positions():

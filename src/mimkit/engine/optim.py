@@ -13,8 +13,10 @@ def no_decay_names(model: nn.Module) -> set[str]:
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No decay for norms, biases (1-D tensors) and the model's ``no_weight_decay`` set
-    (tokens, position embeddings); frozen parameters are left out."""
+    """No decay for norms, biases (1-D tensors) and the model's ``no_weight_decay`` set;
+    frozen parameters are left out. For MAE and LoMaR that set is empty, so this is the
+    official pretraining rule (timm's ``add_weight_decay`` without a skip list: tokens
+    are decayed)."""
     return param_groups_weight_decay(
         model, weight_decay=weight_decay, no_weight_decay_list=no_decay_names(model)
     )
@@ -35,8 +37,8 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def dino_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """DINO / iBOT groups: ``[decayed, not decayed]``, in that order (the weight-decay
     schedule then targets group 0, as the official ``get_params_groups``). Biases and 1-D
-    tensors are not decayed; unlike ``weight_decay_groups``, tokens and position
-    embeddings (ndim > 1) are; frozen parameters are left out."""
+    tensors are not decayed; the model's ``no_weight_decay`` set is ignored, so tokens and
+    position embeddings (ndim > 1) are; frozen parameters are left out."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:

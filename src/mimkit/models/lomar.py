@@ -105,7 +105,10 @@ class LocalMaskedReconstruction(VisionTransformer):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "mask_token"}
+        """Nothing beyond 1-D tensors and biases, as the official pretraining (timm's
+        ``add_weight_decay`` without a skip list): ``cls_token``, ``mask_token`` and the
+        iRPE tables are decayed."""
+        return set()
 
     def sample(self, imgs: torch.Tensor, **fixed) -> M.Windows:
         """Windows and masks for a batch (``fixed``: corners / noise / pairing overrides)."""

@@ -110,7 +110,10 @@ class MaskedAutoencoder(VisionTransformer):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "mask_token", "decoder_pos_embed"}
+        """Nothing beyond 1-D tensors and biases: the official pretraining (timm's
+        ``add_weight_decay`` without a skip list) decays ``cls_token`` and ``mask_token``.
+        The sin-cos tables are frozen, so they are never optimised at all."""
+        return set()
 
     def _run_blocks(self, blocks: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
