@@ -58,9 +58,22 @@ def main() -> None:
     work = Path(args.work)
     root = dataset_root(args.data, work)
     out = work / "train"
-    cmd = [sys.executable, "-m", "mimkit", "train", "--config", "convmixer_256_8_cifar",
-           "--data", str(root), "--out", str(out), "--epochs", str(args.epochs),
-           "train.tensorboard=false", "data.num_workers=2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mimkit",
+        "train",
+        "--config",
+        "convmixer_256_8_cifar",
+        "--data",
+        str(root),
+        "--out",
+        str(out),
+        "--epochs",
+        str(args.epochs),
+        "train.tensorboard=false",
+        "data.num_workers=2",
+    ]
     if args.smoke:
         cmd += ["--batch-size", "32", "train.max_steps=2", "data.num_workers=0"]
     if out.exists():

@@ -28,8 +28,12 @@ def main() -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arm, style in (("mae", "-"), ("random", "--")):
         ep = records(f"linprobe-{arm}", "epoch")
-        axes[0].plot([r["epoch"] for r in ep], [r["val/acc1"] for r in ep], style,
-                     label=f"linear probe, {'MAE' if arm == 'mae' else 'random init'}")  # fmt: skip
+        axes[0].plot(
+            [r["epoch"] for r in ep],
+            [r["val/acc1"] for r in ep],
+            style,
+            label=f"linear probe, {'MAE' if arm == 'mae' else 'random init'}",
+        )
     axes[0].set(xlabel="epoch", ylabel="test top-1 (%)", title="linear probe (50k train, 10k test)")
     for arm, label in (("mae", "MAE-initialised"), ("scratch", "from scratch")):
         tr = records(f"finetune-{arm}", "train")

@@ -69,25 +69,62 @@ def main() -> None:
     for d in ("det-mae", "det-random") if reuse else ("pretrain", "det-mae", "det-random"):
         shutil.rmtree(work / d, ignore_errors=True)
     steps, cmds = {}, {}
-    cmds["pretrain"] = ["pretrain", "--config", "mae_vit_base_patch16", "--data", images,
-                        f"data.file_list={train_list}", "--out", work / "pretrain",
-                        "--epochs", args.pretrain_epochs, "--batch-size", 20,
-                        "model.name=mae_vit_tiny_patch16", "model.args.depth=6",
-                        "model.args.decoder_embed_dim=128", "model.args.decoder_depth=2",
-                        "model.args.decoder_num_heads=4", "data.img_size=224", "optim.blr=1.5e-3",
-                        "optim.warmup_epochs=4", "data.num_workers=2", "train.log_every=5",
-                        "train.tensorboard=false", "train.save_every=1000"]  # fmt: skip
-    det = ["detect", "train", "--config", "vitdet_tiny_coco128", "--data", images,
-           f"detect.train_ann={ann}", "--epochs", args.epochs, "train.tensorboard=false",
-           "model.args.depth=6", f"data.img_size={args.img_size}",
-           f"detect.window_size={args.window}"]  # fmt: skip
-    cmds["det-mae"] = [*det, "--checkpoint", work / "pretrain" / "checkpoint-last.pth",
-                       "--out", work / "det-mae"]  # fmt: skip
+    cmds["pretrain"] = [
+        "pretrain",
+        "--config",
+        "mae_vit_base_patch16",
+        "--data",
+        images,
+        f"data.file_list={train_list}",
+        "--out",
+        work / "pretrain",
+        "--epochs",
+        args.pretrain_epochs,
+        "--batch-size",
+        20,
+        "model.name=mae_vit_tiny_patch16",
+        "model.args.depth=6",
+        "model.args.decoder_embed_dim=128",
+        "model.args.decoder_depth=2",
+        "model.args.decoder_num_heads=4",
+        "data.img_size=224",
+        "optim.blr=1.5e-3",
+        "optim.warmup_epochs=4",
+        "data.num_workers=2",
+        "train.log_every=5",
+        "train.tensorboard=false",
+        "train.save_every=1000",
+    ]
+    det = [
+        "detect",
+        "train",
+        "--config",
+        "vitdet_tiny_coco128",
+        "--data",
+        images,
+        f"detect.train_ann={ann}",
+        "--epochs",
+        args.epochs,
+        "train.tensorboard=false",
+        "model.args.depth=6",
+        f"data.img_size={args.img_size}",
+        f"detect.window_size={args.window}",
+    ]
+    cmds["det-mae"] = [
+        *det,
+        "--checkpoint",
+        work / "pretrain" / "checkpoint-last.pth",
+        "--out",
+        work / "det-mae",
+    ]
     cmds["det-random"] = [*det, "--checkpoint", "none", "--out", work / "det-random"]
     for name, cmd in cmds.items():
         if name == "pretrain" and reuse:
-            steps[name] = {"seconds": None, "command": "mimkit " + " ".join(map(str, cmd)),
-                           "note": "reused from an earlier run of this script"}  # fmt: skip
+            steps[name] = {
+                "seconds": None,
+                "command": "mimkit " + " ".join(map(str, cmd)),
+                "note": "reused from an earlier run of this script",
+            }
             continue
         steps[name] = {"seconds": run(cmd), "command": "mimkit " + " ".join(map(str, cmd))}
     metrics = {
@@ -102,7 +139,7 @@ def main() -> None:
         "results": {
             k: {m: v[m] for m in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")}
             for k, v in metrics.items()
-        },  # fmt: skip
+        },
     }
     print(json.dumps(row))
     RESULTS.mkdir(exist_ok=True)

@@ -52,8 +52,11 @@ def test_layer_decay_groups_and_partial_training_follow_blocks():
     scales = sorted({g["lr_scale"] for g in groups})
     assert len(scales) == 10 and scales[-1] == 1.0  # stem, 8 blocks, head
     freeze_all_but_last(model, 2)
-    trainable = {n.split(".")[0] + "." + n.split(".")[1] for n, p in model.named_parameters()
-                 if p.requires_grad and n.startswith("blocks.")}  # fmt: skip
+    trainable = {
+        n.split(".")[0] + "." + n.split(".")[1]
+        for n, p in model.named_parameters()
+        if p.requires_grad and n.startswith("blocks.")
+    }
     assert trainable == {"blocks.6", "blocks.7"} and model.head.weight.requires_grad
 
 
@@ -82,8 +85,9 @@ def test_conv_bn_folding_is_exact_in_eval_mode():
 
 def test_convmixer_folds_only_its_last_bn_and_keeps_outputs():
     torch.manual_seed(0)
-    model = mimkit.create_model("convmixer", dim=16, depth=3, kernel_size=3, patch_size=2,
-                                num_classes=5).eval()  # fmt: skip
+    model = mimkit.create_model(
+        "convmixer", dim=16, depth=3, kernel_size=3, patch_size=2, num_classes=5
+    ).eval()
     _randomise_bn(model)
     x = torch.randn(2, 3, 16, 16)
     ref = model(x)
@@ -105,9 +109,24 @@ def test_one_cycle_schedule_points():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, labeled_root):
     out = tmp_path_factory.mktemp("convmixer") / "run"
-    args = ["train", "--config", "convmixer_256_8_cifar", "--data", labeled_root, "--out", out,
-            "--epochs", "4", "--batch-size", "16", "model.args.dim=32", "model.args.depth=2",
-            "data.num_workers=0", "train.tensorboard=false", "optim.lr=0.01"]  # fmt: skip
+    args = [
+        "train",
+        "--config",
+        "convmixer_256_8_cifar",
+        "--data",
+        labeled_root,
+        "--out",
+        out,
+        "--epochs",
+        "4",
+        "--batch-size",
+        "16",
+        "model.args.dim=32",
+        "model.args.depth=2",
+        "data.num_workers=0",
+        "train.tensorboard=false",
+        "optim.lr=0.01",
+    ]
     assert main([str(a) for a in args]) == 0
     return out
 
@@ -141,6 +160,18 @@ def test_filters_picture_and_exports_match(trained, tmp_path, capsys):
     sess = ort.InferenceSession(str(onnx))
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), ref, rtol=1e-4, atol=1e-4)
-    assert main(["export", "--checkpoint", ckpt, "--format", "timm", "--out",
-                 str(tmp_path / "m.safetensors")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                ckpt,
+                "--format",
+                "timm",
+                "--out",
+                str(tmp_path / "m.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "ViT encoders" in capsys.readouterr().err

@@ -204,8 +204,22 @@ def test_pretrain_writes_lomar_run(lomar_ckpt):
 def test_visualize_and_finetune_a_lomar_checkpoint(lomar_ckpt, labeled_root, tmp_path, capsys):
     ckpt = lomar_ckpt / "checkpoint-last.pth"
     png = tmp_path / "windows.png"
-    assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(labeled_root / "val"),
-                 "--out", str(png), "--num-images", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "visualize",
+                "--checkpoint",
+                str(ckpt),
+                "--images",
+                str(labeled_root / "val"),
+                "--out",
+                str(png),
+                "--num-images",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert png.stat().st_size > 10_000 and "windows" in capsys.readouterr().out
     out = tmp_path / "ft"
     code = main(
@@ -243,8 +257,9 @@ def test_lomar_classifier_exports_to_torchscript_and_onnx(tmp_path):
     from mimkit.models import create_encoder
 
     torch.manual_seed(0)
-    model = create_encoder("lomar_vit_tiny_cifar", embed_dim=32, depth=2, num_heads=2,
-                           num_classes=5, global_pool="avg").eval()  # fmt: skip
+    model = create_encoder(
+        "lomar_vit_tiny_cifar", embed_dim=32, depth=2, num_heads=2, num_classes=5, global_pool="avg"
+    ).eval()
     for blk in model.blocks:
         torch.nn.init.normal_(blk.attn.rpe_k.lookup_table_weight, std=0.1)
     x = torch.randn(3, 3, 32, 32)

@@ -14,8 +14,18 @@ MINI = ROOT / "examples" / "cifar10-mini"
 
 def _run(script: str, tmp_path: Path, *extra: str) -> dict:
     results = tmp_path / "results.jsonl"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--data", str(MINI), "--smoke",
-           "--work", str(tmp_path / "work"), "--results", str(results), *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / script),
+        "--data",
+        str(MINI),
+        "--smoke",
+        "--work",
+        str(tmp_path / "work"),
+        "--results",
+        str(results),
+        *extra,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(results.read_text().splitlines()[-1])
@@ -26,8 +36,14 @@ def test_mae_cifar10_recipe_smoke(tmp_path):
     row = _run("cifar10_recipe.py", tmp_path, "--recipe", "cpu")
     assert row["smoke"] is True
     res = row["results"]
-    for key in ("knn_mae", "knn_random", "linprobe_mae", "linprobe_random", "finetune_mae",
-                "finetune_scratch"):  # fmt: skip
+    for key in (
+        "knn_mae",
+        "knn_random",
+        "linprobe_mae",
+        "linprobe_random",
+        "finetune_mae",
+        "finetune_scratch",
+    ):
         assert key in res
     assert all(0 <= v <= 100 for v in res["knn_mae"].values())
     assert set(row["steps"]) >= {"pretrain", "finetune-mae", "finetune-scratch"}

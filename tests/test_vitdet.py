@@ -15,7 +15,7 @@ def test_window_partition_round_trip_with_padding():
     x = torch.randn(2, 13, 10, 8)
     win, padded = window_partition(x, 4)
     assert padded == (16, 12) and win.shape == (2 * 4 * 3, 4, 4, 8)
-    assert torch.equal(window_unpartition(win, 4, padded, (13, 10)), x)
+    assert torch.equal(window_unpartition(win, 4, (13, 10), padded), x)
     # the first window holds the top-left 4x4 block
     assert torch.equal(win[0], x[0, :4, :4])
 
@@ -27,21 +27,37 @@ def test_window_equal_to_grid_is_global_attention():
     torch.nn.init.normal_(attn.rel_pos_w)
     x = torch.randn(2, 6, 6, 16)
     win, padded = window_partition(x, 6)
-    torch.testing.assert_close(window_unpartition(attn(win), 6, padded, (6, 6)), attn(x))
+    torch.testing.assert_close(window_unpartition(attn(win), 6, (6, 6), padded), attn(x))
 
 
 def _small_backbone(**kw):
-    args = dict(img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=2,
-                drop_path_rate=0.0, window_size=2, global_blocks=(1, 3),
-                pretrain_img_size=64)  # fmt: skip
+    args = dict(
+        img_size=64,
+        patch_size=16,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        drop_path_rate=0.0,
+        window_size=2,
+        global_blocks=(1, 3),
+        pretrain_img_size=64,
+    )
     return ViTDetBackbone(**(args | kw))
 
 
 def test_mae_weights_load_unchanged_and_zero_bias_reproduces_the_vit():
     torch.manual_seed(0)
-    mae = mimkit.create_model("mae_vit", img_size=64, patch_size=16, embed_dim=32, depth=4,
-                              num_heads=2, decoder_embed_dim=16, decoder_depth=1,
-                              decoder_num_heads=2)  # fmt: skip
+    mae = mimkit.create_model(
+        "mae_vit",
+        img_size=64,
+        patch_size=16,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     det = _small_backbone(window_size=0, global_blocks=(0, 1, 2, 3))  # all global: plain ViT
     report = mimkit.load_checkpoint(det, mimkit.interop.checkpoint.Checkpoint(mae.state_dict()))
     assert not [k for k in report.missing if "rel_pos" not in k]
@@ -106,8 +122,9 @@ def test_coco_targets_and_one_mask_rcnn_step_on_real_images(coco128):
     assert target["labels"].min() >= 1 and target["labels"].max() <= 80
 
     torch.manual_seed(0)
-    model = build_detector(_small_backbone(img_size=128), num_classes=81, img_size=128,
-                           out_channels=32)  # fmt: skip
+    model = build_detector(
+        _small_backbone(img_size=128), num_classes=81, img_size=128, out_channels=32
+    )
     imgs, targets = collate([ds[0], ds[1]])
     model.train()
     losses = model(list(imgs), list(targets))
@@ -129,17 +146,43 @@ def test_detect_train_eval_predict_from_an_mae_checkpoint(coco128, tmp_path, cap
 
     images, ann = coco128
     torch.manual_seed(0)
-    mae = mimkit.create_model("mae_vit", img_size=64, patch_size=16, embed_dim=32, depth=2,
-                              num_heads=2, decoder_embed_dim=16, decoder_depth=1,
-                              decoder_num_heads=2)  # fmt: skip
+    mae = mimkit.create_model(
+        "mae_vit",
+        img_size=64,
+        patch_size=16,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     ckpt = tmp_path / "mae.pth"
     torch.save({"model": mae.state_dict()}, ckpt)  # the official file layout
     out = tmp_path / "det"
-    args = ["detect", "train", "--config", "vitdet_tiny_coco128", "--data", images,
-            f"detect.train_ann={ann}", "--checkpoint", ckpt, "--out", out, "--epochs", "1",
-            "data.img_size=128", "detect.global_blocks=[1]", "detect.out_channels=32",
-            "detect.val_split=3", "train.max_steps=2", "data.num_workers=0",
-            "train.tensorboard=false", "data.batch_size=2"]  # fmt: skip
+    args = [
+        "detect",
+        "train",
+        "--config",
+        "vitdet_tiny_coco128",
+        "--data",
+        images,
+        f"detect.train_ann={ann}",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "data.img_size=128",
+        "detect.global_blocks=[1]",
+        "detect.out_channels=32",
+        "detect.val_split=3",
+        "train.max_steps=2",
+        "data.num_workers=0",
+        "train.tensorboard=false",
+        "data.batch_size=2",
+    ]
     assert main([str(a) for a in args]) == 0
     err = capsys.readouterr().err
     report = next(line for line in err.splitlines() if "loaded" in line and "mae.pth" in line)
@@ -149,19 +192,53 @@ def test_detect_train_eval_predict_from_an_mae_checkpoint(coco128, tmp_path, cap
     state = torch.load(out / "checkpoint-last.pth", weights_only=True)
     assert state["detector"]["backbone"]["embed_dim"] == 32
     torch.testing.assert_close(  # pretrained weights went in (training moved them a little)
-        state["model"]["backbone.vit.blocks.0.attn.qkv.weight"], mae.blocks[0].attn.qkv.weight,
-        atol=0.05, rtol=0)  # fmt: skip
+        state["model"]["backbone.vit.blocks.0.attn.qkv.weight"],
+        mae.blocks[0].attn.qkv.weight,
+        atol=0.05,
+        rtol=0,
+    )
 
     ev = tmp_path / "eval"
-    assert main(["detect", "eval", "--checkpoint", str(out / "checkpoint-last.pth"),
-                 "--images", str(images), "--ann", str(ann), "--out", str(ev),
-                 "--max-images", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "detect",
+                "eval",
+                "--checkpoint",
+                str(out / "checkpoint-last.pth"),
+                "--images",
+                str(images),
+                "--ann",
+                str(ann),
+                "--out",
+                str(ev),
+                "--max-images",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert json.loads((ev / "metrics.json").read_text())["num_images"] == 2
     pics = tmp_path / "pics"
     first = sorted(images.iterdir())[0]
     last = str(out / "checkpoint-last.pth")
-    assert main(["detect", "predict", "--checkpoint", last, "--images", str(first),
-                 "--out", str(pics), "--score-threshold", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "detect",
+                "predict",
+                "--checkpoint",
+                last,
+                "--images",
+                str(first),
+                "--out",
+                str(pics),
+                "--score-threshold",
+                "0",
+            ]
+        )
+        == 0
+    )
     png = pics / (first.stem + ".png")
     assert png.is_file() and png.stat().st_size > 1000
 

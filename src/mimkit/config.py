@@ -40,6 +40,7 @@ Pipeline = Choice("Pipeline", {v: v for v in ("files", "tensor_cache", "gpu_jpeg
 Pool = Choice("Pool", {v: v for v in ("cls", "avg")})
 GlobalPool = Choice("GlobalPool", {v: v for v in ("avg", "token")})
 ProbeOptimizer = Choice("ProbeOptimizer", {v: v for v in ("lars", "sgd")})
+Network = Choice("Network", {v: v for v in ("teacher", "student")})
 Schedule = Choice("Schedule", {v: v for v in ("cosine", "onecycle", "cosine_iter")})
 
 
@@ -49,6 +50,8 @@ class ModelConfig:
     # weights to start from (evaluation, fine-tuning, detection): a mimkit, official MAE /
     # iBOT, timm or Hugging Face checkpoint; 'none' = random init (for comparison)
     checkpoint: str | None = None
+    # which network of a student/teacher checkpoint (iBOT) a backbone takes
+    checkpoint_network: Network = Network.teacher
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
     drop_path: float = 0.0

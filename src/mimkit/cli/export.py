@@ -6,7 +6,7 @@ import json
 import logging
 
 from ..engine.logging import setup_console
-from ..interop import export as E
+from ..interop import export
 from ..interop.checkpoint import model_from_checkpoint
 from ..interop.fold import fold_batchnorm
 from ..models import input_size
@@ -38,9 +38,9 @@ def add_parser(sub) -> None:
 def cmd_export(args) -> int:
     setup_console()
     model, _ = model_from_checkpoint(args.checkpoint, kind="encoder", trust=args.trust_checkpoint)
-    out = E.output_path(args.out, args.format)
+    out = export.output_path(args.out, args.format)
     if args.format == "timm":
-        recipe = E.export_timm(model, out)
+        recipe = export.export_timm(model, out)
         print(json.dumps(recipe, indent=2))
         return 0
     size = input_size(model)
@@ -54,8 +54,8 @@ def cmd_export(args) -> int:
             ", ".join(folds["folded"]) or "-",
             len(folds["kept"]),
         )
-    target = model if classifier else E.FeatureExtractor(model)
-    fn = E.export_torchscript if args.format == "torchscript" else E.export_onnx
+    target = model if classifier else export.FeatureExtractor(model)
+    fn = export.export_torchscript if args.format == "torchscript" else export.export_onnx
     path = fn(target, out, size)
     what = "logits" if classifier else f"features (N, {model.num_features})"
     print(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import config as C
+from .. import config
 from ..models import list_models
 
 
@@ -21,8 +21,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_configs(args) -> int:
-    for name in C.list_presets():
-        first = (C.preset_dir() / f"{name}.yaml").read_text().splitlines()[0]
+    for name in config.list_presets():
+        first = (config.preset_dir() / f"{name}.yaml").read_text().splitlines()[0]
         desc = first.lstrip("# ").strip() if first.startswith("#") else ""
         print(f"{name:32s} {desc}")
     return 0

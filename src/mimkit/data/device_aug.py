@@ -120,13 +120,3 @@ def augment_batch(
     dev = generator.device if generator is not None else torch.device("cpu")
     flip = torch.rand(n, device=dev, generator=generator) < 0.5 if hflip else None
     return normalize(resized_crops(images, boxes, size, flip))
-
-
-def centre_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> normalised float (N, 3, size, size), resized whole (eval)."""
-    x = images.float()
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(
-            x, size=(size, size), mode="bicubic", align_corners=False, antialias=True
-        ).clamp_(0, 255)
-    return normalize(x)

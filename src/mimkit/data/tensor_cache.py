@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..utils import distributed as dist
 from ..utils.io import atomic_save
 from .datasets import load_rgb
-from .device_aug import augment_batch, centre_batch
+from .device_aug import augment_batch
 from .loader import EpochSampler, sample_seed
 from .sources import ImageSource
 
@@ -121,14 +121,13 @@ class TensorCacheLoader:
         img_size: int,
         scale=(0.2, 1.0),
         hflip: bool = True,
-        augment: bool = True,
         drop_last: bool = True,
     ):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size, self.sampler, self.device = batch_size, sampler, device
         self.img_size, self.scale, self.hflip = img_size, tuple(scale), hflip
-        self.augment, self.drop_last = augment, drop_last
+        self.drop_last = drop_last
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -139,10 +138,7 @@ class TensorCacheLoader:
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images.index_select(0, idx)
-            if self.augment:
-                g = torch.Generator(device=self.device)
-                g.manual_seed(sample_seed(self.sampler.seed, self.sampler.epoch, b))
-                x = augment_batch(x, self.img_size, self.scale, self.hflip, generator=g)
-            else:
-                x = centre_batch(x, self.img_size)
+            g = torch.Generator(device=self.device)
+            g.manual_seed(sample_seed(self.sampler.seed, self.sampler.epoch, b))
+            x = augment_batch(x, self.img_size, self.scale, self.hflip, generator=g)
             yield {"image": x, "label": self.labels.index_select(0, idx), "bad": []}

@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 
 from ..data.datasets import seeded
 from ..engine import distributed as dist
-from ..engine import precision as P
+from ..engine import precision as precision_lib
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -65,8 +65,15 @@ def detection_collate(batch) -> dict:
 class DetectTask:
     """torchvision detectors return their loss dict in train mode: the loop sums it."""
 
-    def __init__(self, val_loader, annotations: str | Path, label_to_cat: list[int], device,
-                 precision: str, masks: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        val_loader,
+        annotations: str | Path,
+        label_to_cat: list[int],
+        device,
+        precision: str,
+        masks: bool = True,
+    ):
         self.val_loader, self.annotations, self.masks = val_loader, str(annotations), masks
         self.label_to_cat, self.device, self.precision = label_to_cat, device, precision
         self.last_metrics: dict = {}
@@ -77,8 +84,9 @@ class DetectTask:
 
     @torch.no_grad()
     def evaluate(self, model, epoch: int) -> dict[str, float]:
-        results, ids = predict_coco(model, self.val_loader, self.label_to_cat, self.device,
-                                    self.precision)  # fmt: skip
+        results, ids = predict_coco(
+            model, self.val_loader, self.label_to_cat, self.device, self.precision
+        )
         self.last_metrics = coco_evaluate(self.annotations, ids, results, self.masks)
         return {f"val/{k}": v for k, v in self.last_metrics.items() if k in ("bbox_AP", "segm_AP")}
 
@@ -92,7 +100,7 @@ def predict_coco(model, loader, label_to_cat: list[int], device, precision: str)
     results, ids = [], []
     for batch in loader:
         images = [im.to(device) for im in batch["image"]]
-        with P.autocast(precision, device):
+        with precision_lib.autocast(precision, device):
             outputs = model(images)
         for out, target in zip(outputs, batch["targets"]):
             image_id = int(target["image_id"])
@@ -139,6 +147,10 @@ def coco_evaluate(
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        metrics.update({f"{iou_type}_{s}": round(100 * max(float(v), 0.0), 3)
-                        for s, v in zip(STATS, ev.stats[:6])})  # fmt: skip
+        metrics.update(
+            {
+                f"{iou_type}_{s}": round(100 * max(float(v), 0.0), 3)
+                for s, v in zip(STATS, ev.stats[:6])
+            }
+        )
     return metrics

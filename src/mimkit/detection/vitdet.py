@@ -12,7 +12,10 @@ Adaptations (the pretrained weights load unchanged; parameter names are timm's/M
   norm zero-initialised so each starts as identity) after chosen blocks;
 - drop path rising linearly with depth.
 
-Written here because neither timm nor torchvision has the ViTDet attention or pyramid.
+Window partition/unpartition, the decomposed relative-position bias and the windowed
+blocks are timm's (``timm.models.vision_transformer_sam``, the SAM image encoder, same
+parameter names); written here: the residual blocks, the run-time position-embedding
+resize and the simple feature pyramid, which timm and torchvision do not have.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, Mlp, PatchEmbed, resample_abs_pos_embed
+from timm.layers import LayerNorm2d, PatchEmbed, resample_abs_pos_embed
+from timm.models.vision_transformer_sam import Attention, Block
+from timm.models.vision_transformer_sam import window_partition as window_partition
+from timm.models.vision_transformer_sam import window_unpartition as window_unpartition
 from torch import nn
 
 from ..models.vit import LayerNorm6
@@ -30,80 +36,13 @@ from ..models.vit import LayerNorm6
 GLOBAL_BLOCKS = {12: (2, 5, 8, 11), 24: (5, 11, 17, 23), 32: (7, 15, 23, 31)}
 
 
-def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """x: (B, H, W, C) -> windows (B * nW, window, window, C), padded grid (Hp, Wp)."""
-    b, h, w, c = x.shape
-    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    x = x.view(b, hp // window, window, wp // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
-
-
-def window_unpartition(
-    windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of ``window_partition``: (B * nW, window, window, C) -> (B, H, W, C)."""
-    hp, wp = padded
-    b = windows.shape[0] // (hp * wp // window // window)
-    x = windows.view(b, hp // window, wp // window, window, window, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, : size[0], : size[1]].contiguous()
-
-
-def get_rel_pos(q_size: int, k_size: int, table: torch.Tensor) -> torch.Tensor:
-    """Relative-position embeddings (q_size, k_size, C) from a (2S-1, C) table, linearly
-    interpolated when the table was made for another size."""
-    length = 2 * max(q_size, k_size) - 1
-    if table.shape[0] != length:
-        table = F.interpolate(
-            table.t().unsqueeze(0).float(), size=length, mode="linear"
-        )[0].t().to(table.dtype)  # fmt: skip
-    q = torch.arange(q_size, device=table.device)[:, None] * max(k_size / q_size, 1.0)
-    k = torch.arange(k_size, device=table.device)[None, :] * max(q_size / k_size, 1.0)
-    offset = (q - k) + (k_size - 1) * max(q_size / k_size, 1.0)
-    return table[offset.long()]
-
-
-def decomposed_rel_pos_bias(
-    q: torch.Tensor, table_h: torch.Tensor, table_w: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """MViTv2/ViTDet bias: q (B, H*W, C) -> (B, H*W, H*W) = q . Rh[dy] + q . Rw[dx]."""
-    h, w = size
-    rh, rw = get_rel_pos(h, h, table_h), get_rel_pos(w, w, table_w)
-    r_q = q.reshape(q.shape[0], h, w, -1)
-    bias_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
-    bias_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
-    bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
-    return bias.reshape(q.shape[0], h * w, h * w)
-
-
-class RelPosAttention(nn.Module):
-    """Multi-head attention on a (B, H, W, C) map with an optional decomposed relative
-    position bias. Parameter names equal timm's ``Attention`` (``qkv``, ``proj``)."""
+class RelPosAttention(Attention):
+    """Multi-head attention on a (B, H, W, C) map with the decomposed relative position
+    bias of MViTv2/ViTDet (per-axis tables of 2S-1 x head dim, zero at init, linearly
+    interpolated for other sizes): timm's SAM attention."""
 
     def __init__(self, dim: int, num_heads: int, size: tuple[int, int], rel_pos: bool = True):
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-        self.rel_pos = rel_pos
-        if rel_pos:  # zero init: a converted backbone starts with the pretrained outputs
-            self.rel_pos_h = nn.Parameter(torch.zeros(2 * size[0] - 1, self.head_dim))
-            self.rel_pos_w = nn.Parameter(torch.zeros(2 * size[1] - 1, self.head_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nH, L, d)
-        mask = None
-        if self.rel_pos:
-            flat = q.reshape(b * self.num_heads, h * w, self.head_dim)
-            bias = decomposed_rel_pos_bias(flat, self.rel_pos_h, self.rel_pos_w, (h, w))
-            mask = bias.view(b, self.num_heads, h * w, h * w).to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(x.transpose(1, 2).reshape(b, h, w, c))
+        super().__init__(dim, num_heads, qkv_bias=True, use_rel_pos=rel_pos, input_size=size)
 
 
 class ResBottleneck(nn.Module):
@@ -128,7 +67,10 @@ class ResBottleneck(nn.Module):
         return x + self.norm3(self.conv3(y))
 
 
-class ViTDetBlock(nn.Module):
+class ViTDetBlock(Block):
+    """timm's windowed SAM block (window attention padded to a multiple of the window,
+    relative positions) with LayerNorm eps 1e-6, plus an optional residual conv block."""
+
     def __init__(
         self,
         dim: int,
@@ -140,26 +82,21 @@ class ViTDetBlock(nn.Module):
         rel_pos: bool = True,
         residual_conv: bool = False,
     ):
-        super().__init__()
-        self.window = window
-        size = (window, window) if window else grid
-        self.norm1 = LayerNorm6(dim)
-        self.attn = RelPosAttention(dim, num_heads, size, rel_pos)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = LayerNorm6(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        super().__init__(
+            dim,
+            num_heads,
+            mlp_ratio,
+            qkv_bias=True,
+            drop_path=drop_path,
+            norm_layer=LayerNorm6,
+            use_rel_pos=rel_pos,
+            window_size=window,
+            input_size=(window, window) if window else grid,
+        )
         self.residual = ResBottleneck(dim, dim // 2) if residual_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
-        shortcut, y = x, self.norm1(x)
-        if self.window:
-            size = y.shape[1:3]
-            y, padded = window_partition(y, self.window)
-            y = window_unpartition(self.attn(y), self.window, padded, size)
-        else:
-            y = self.attn(y)
-        x = shortcut + self.drop_path(y)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = super().forward(x)
         if self.residual is not None:
             x = self.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x
@@ -189,8 +126,9 @@ class ViTDetBackbone(nn.Module):
     ):
         super().__init__()
         self.patch_size, self.embed_dim, self.depth = patch_size, embed_dim, depth
-        self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim, flatten=False,
-                                      strict_img_size=False)  # fmt: skip
+        self.patch_embed = PatchEmbed(
+            img_size, patch_size, 3, embed_dim, flatten=False, strict_img_size=False
+        )
         pre = pretrain_img_size // patch_size
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + pre * pre, embed_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -209,7 +147,7 @@ class ViTDetBackbone(nn.Module):
                 dpr[i],
                 rel_pos,
                 i in residual_blocks,
-            )  # fmt: skip
+            )
             for i in range(depth)
         )
         self.apply(_init_weights)
@@ -222,8 +160,14 @@ class ViTDetBackbone(nn.Module):
         pre = int(math.isqrt(self.pos_embed.shape[1] - 1))
         pos = self.pos_embed[:, 1:]
         if (pre, pre) != tuple(size):
-            pos = resample_abs_pos_embed(pos, list(size), [pre, pre], num_prefix_tokens=0,
-                                         interpolation="bicubic", antialias=False)  # fmt: skip
+            pos = resample_abs_pos_embed(
+                pos,
+                list(size),
+                [pre, pre],
+                num_prefix_tokens=0,
+                interpolation="bicubic",
+                antialias=False,
+            )
         return pos.reshape(1, size[0], size[1], -1)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -256,8 +200,12 @@ class SimpleFeaturePyramid(nn.Module):
         self.stages = nn.ModuleList()
         for scale in (4.0, 2.0, 1.0, 0.5):
             if scale == 4.0:
-                layers = [nn.ConvTranspose2d(c, c // 2, 2, 2), LayerNorm2d(c // 2), nn.GELU(),
-                          nn.ConvTranspose2d(c // 2, c // 4, 2, 2)]  # fmt: skip
+                layers = [
+                    nn.ConvTranspose2d(c, c // 2, 2, 2),
+                    LayerNorm2d(c // 2),
+                    nn.GELU(),
+                    nn.ConvTranspose2d(c // 2, c // 4, 2, 2),
+                ]
                 dim = c // 4
             elif scale == 2.0:
                 layers, dim = [nn.ConvTranspose2d(c, c // 2, 2, 2)], c // 2
@@ -265,9 +213,12 @@ class SimpleFeaturePyramid(nn.Module):
                 layers, dim = [], c
             else:
                 layers, dim = [nn.MaxPool2d(2, 2)], c
-            layers += [nn.Conv2d(dim, out_channels, 1, bias=False), LayerNorm2d(out_channels),
-                       nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                       LayerNorm2d(out_channels)]  # fmt: skip
+            layers += [
+                nn.Conv2d(dim, out_channels, 1, bias=False),
+                LayerNorm2d(out_channels),
+                nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                LayerNorm2d(out_channels),
+            ]
             self.stages.append(nn.Sequential(*layers))
         self.strides = [int(stride / s) for s in (4.0, 2.0, 1.0, 0.5)] + [stride * 4]
 

@@ -22,7 +22,7 @@ from ..errors import NonFiniteLossError, UserError
 from ..utils.io import atomic_save
 from ..utils.rng import rng_state, set_rng_state
 from . import distributed as dist
-from . import precision as P
+from . import precision as precision_lib
 from .checkpoint import LAST, load_training_state
 from .logging import RunLogger
 from .optim import set_lr
@@ -103,7 +103,7 @@ class Trainer:
         self.device, self.cfg, self.out_dir = device, loop, Path(out_dir)
         self.meta = meta or {}  # saved in checkpoints: config, model_name, model_args, task
         self.logger = logger or RunLogger(out_dir)
-        self.scaler = P.grad_scaler(loop.precision, device)
+        self.scaler = precision_lib.grad_scaler(loop.precision, device)
         self.state = TrainState()
         steps = len(loader) // loop.accum_iter * loop.accum_iter
         if steps == 0:
@@ -244,7 +244,7 @@ class Trainer:
         batch = to_device(batch, self.device)
         sync = (i + 1) % accum == 0
         with self._no_sync(not sync):
-            with P.autocast(self.cfg.precision, self.device):
+            with precision_lib.autocast(self.cfg.precision, self.device):
                 out = self.task.training_step(self.model, batch)
             loss = out["loss"]
             self.scaler.scale(loss / accum).backward()
@@ -397,7 +397,7 @@ class Trainer:
         return has_eval and (last or (epoch + 1) % self.cfg.eval_every == 0)
 
     def _evaluate(self, epoch: int) -> dict:
-        with P.autocast(self.cfg.precision, self.device):
+        with precision_lib.autocast(self.cfg.precision, self.device):
             return self.task.evaluate(self.model, epoch) or {}
 
     def _out_of_steps(self) -> bool:

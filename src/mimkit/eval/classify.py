@@ -11,7 +11,7 @@ from timm.optim import Lars, param_groups_layer_decay
 from torch import nn
 
 from ..engine import distributed as dist
-from ..engine import precision as P
+from ..engine import precision as precision_lib
 from ..engine.optim import no_decay_names
 from ..errors import UserError
 from .features import encode
@@ -150,7 +150,7 @@ def predict_loader(model, loader, device, precision: str, encoder=None):
     scores, targets = [], []
     for batch in loader:
         x = batch["image"].to(device, non_blocking=True)
-        with P.autocast(precision, device):
+        with precision_lib.autocast(precision, device):
             if encoder is not None:
                 x = encoder(x)
             scores.append(model(x).float().cpu())

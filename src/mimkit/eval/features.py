@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..data import EpochSampler, ImageDataset, build_loader, collate
 from ..data.sources import ImageSource
 from ..engine import distributed as dist
-from ..engine import precision as P
+from ..engine import precision as precision_lib
 from ..engine.checkpoint import atomic_save
 from ..errors import UserError
 
@@ -75,7 +75,7 @@ def extract(
     feats, bad = [], {}
     for batch in tqdm(loader, desc=desc, disable=None if dist.is_main() else True, leave=False):
         bad.update((p, why) for p, why in batch["bad"])
-        with P.autocast(precision, device):
+        with precision_lib.autocast(precision, device):
             f = encode(model, batch["image"].to(device, non_blocking=True))
         feats.append(f.float().cpu())
     mine = torch.cat(feats) if feats else torch.zeros(0, 0)

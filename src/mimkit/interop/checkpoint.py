@@ -3,7 +3,8 @@
 Accepted: official MAE files (``{'model': sd}``: encoder-only pretrain, full/visualize,
 fine-tuned), mimkit checkpoints (same ``model`` key plus metadata), timm-layout state
 dicts, bare state dicts, ``.pth``/``.pt``/``.bin`` and ``.safetensors``. DDP
-(``module.``) and torch.compile (``_orig_mod.``) prefixes are stripped.
+(``module.``) and torch.compile (``_orig_mod.``) prefixes are stripped (timm's
+``clean_state_dict``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 from timm.layers import resample_abs_pos_embed
+from timm.models import clean_state_dict
 from torch import nn
 
 from ..errors import UserError
@@ -23,7 +25,6 @@ from ..utils.io import safe_torch_load
 
 log = logging.getLogger("mimkit")
 
-_PREFIXES = ("module.", "_orig_mod.")
 # Pretraining-only tensors (MAE decoder, LoMaR pixel head): an encoder ignores them.
 _DECODER = re.compile(r"^(decoder_|mask_token|encoder_pred)")
 
@@ -57,7 +58,7 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
         return _read_safetensors(path)
     obj = safe_torch_load(path, trust=trust)
     sd, meta = _extract(obj, path)
-    return Checkpoint(_strip_prefixes(sd), meta, str(path))
+    return Checkpoint(clean_state_dict(sd), meta, str(path))
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
@@ -73,7 +74,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
             f"cannot read {path}: {e} (the file is corrupt or not safetensors)"
         ) from None
     meta = {k: _maybe_json(v) for k, v in raw.items()}
-    return Checkpoint(_strip_prefixes(sd), meta, str(path))
+    return Checkpoint(clean_state_dict(sd), meta, str(path))
 
 
 def _maybe_json(value: str):
@@ -86,6 +87,10 @@ def _maybe_json(value: str):
 def _extract(obj, path: Path) -> tuple[dict, dict]:
     if not isinstance(obj, dict):
         raise UserError(f"{path} is not a checkpoint (it holds a {type(obj).__name__})")
+    if isinstance(obj.get("student"), dict) and isinstance(obj.get("teacher"), dict):
+        from .ibot import official_to_ibot  # official iBOT: student, teacher, centres
+
+        return official_to_ibot(obj), {"epoch": obj.get("epoch"), "source": "official iBOT"}
     for key in ("model", "state_dict", "model_state_dict", "module"):
         if isinstance(obj.get(key), dict):
             meta = {k: v for k, v in obj.items() if k in _META_KEYS}
@@ -109,16 +114,6 @@ _META_KEYS = (
     "classes",
     "metrics",
 )
-
-
-def _strip_prefixes(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        for p in _PREFIXES:
-            while k.startswith(p):
-                k = k[len(p) :]
-        out[k] = v
-    return out
 
 
 # ---------------------------------------------------------------------------- architecture
@@ -221,7 +216,11 @@ def _short(keys: list[str], n: int = 6) -> str:
 
 
 def load_checkpoint(
-    model: nn.Module, source: str | Path | Checkpoint, strict: bool = False, trust: bool = False
+    model: nn.Module,
+    source: str | Path | Checkpoint,
+    strict: bool = False,
+    trust: bool = False,
+    network: str = "teacher",
 ) -> LoadReport:
     """Load weights into ``model`` from a file (or a ``Checkpoint``) and report what happened.
 
@@ -230,10 +229,13 @@ def load_checkpoint(
     a classifier head of another size is left new. ``strict=True`` raises on any
     missing or unexpected key. A file that fits too little of the model (another
     architecture) is an error naming what the file holds. ``trust``: see read_checkpoint.
+    A self-distillation checkpoint (iBOT: mimkit's or official) loaded into a plain
+    backbone gives its ``network``: 'teacher' (default, as released) or 'student'.
     """
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
     report = LoadReport(ckpt.path)
-    sd = adapt_state_dict(dict(ckpt.state_dict), model, report)
+    sd = select_network(dict(ckpt.state_dict), model, network)
+    sd = adapt_state_dict(sd, model, report)
     _check_overlap(sd, model, ckpt)
     result = model.load_state_dict(sd, strict=False)
     report.missing = [k for k in result.missing_keys if k not in report.dropped]
@@ -243,6 +245,20 @@ def load_checkpoint(
         raise UserError(f"checkpoint does not match the model exactly: {report}")
     log.info("%s", report)
     return report
+
+
+def is_two_network(sd: dict) -> bool:
+    """A student/teacher state dict (iBOT)."""
+    return "teacher.backbone.patch_embed.proj.weight" in sd
+
+
+def select_network(sd: dict, model: nn.Module, network: str = "teacher") -> dict:
+    """The backbone of ``network`` when a student/teacher file goes into a plain model."""
+    if not is_two_network(sd) or any(k.startswith("teacher.") for k in model.state_dict()):
+        return sd
+    from .ibot import backbone_state_dict
+
+    return backbone_state_dict(sd, network)
 
 
 def _check_overlap(sd: dict, model: nn.Module, ckpt: Checkpoint) -> None:
@@ -341,27 +357,33 @@ def is_mae_checkpoint(ckpt: Checkpoint) -> bool:
 
 
 def is_pretrain_checkpoint(ckpt: Checkpoint) -> bool:
-    """A full pretraining model: MAE with its decoder, or LoMaR with its pixel head."""
-    return is_mae_checkpoint(ckpt) or "encoder_pred.weight" in ckpt.state_dict
+    """A full pretraining model: MAE with its decoder, LoMaR with its pixel head, iBOT
+    with student and teacher."""
+    sd = ckpt.state_dict
+    return is_mae_checkpoint(ckpt) or "encoder_pred.weight" in sd or is_two_network(sd)
 
 
 def model_from_checkpoint(
-    source, kind: str = "encoder", trust: bool = False, **overrides
+    source, kind: str = "encoder", trust: bool = False, network: str = "teacher", **overrides
 ) -> tuple[nn.Module, LoadReport]:
     """Build the model a checkpoint describes and load its weights.
 
     kind='pretrain' (alias 'mae'): the full pretraining model (MAE with its decoder:
     mimkit pretrain checkpoints or official *visualize* files; LoMaR with its pixel head).
-    kind='encoder': the ViT backbone, from any ViT/MAE/LoMaR file. Architecture comes
-    from mimkit metadata when present, else from tensor shapes (official files).
-    ``overrides`` go to ``create_model``.
+    kind='encoder': the ViT backbone, from any ViT/MAE/LoMaR/iBOT file (iBOT: the
+    ``network``, teacher by default). Architecture comes from mimkit metadata when
+    present, else from tensor shapes (official files). ``overrides`` go to ``create_model``.
     """
     import torch
 
-    from ..models import create_model
+    from ..models import create_model, is_pretrainer
 
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
     name, args = ckpt.meta.get("model_name"), dict(ckpt.meta.get("model_args") or {})
+    if not name and kind == "encoder" and is_two_network(ckpt.state_dict):  # official iBOT
+        from .ibot import backbone_state_dict
+
+        name, args = "vit", infer_vit_args(backbone_state_dict(ckpt.state_dict, network))
     if not name:
         name, args = _infer_name_args(ckpt, kind)
     if kind in ("mae", "pretrain"):
@@ -373,14 +395,14 @@ def model_from_checkpoint(
             )
         model = create_model(name, **{**args, **overrides})
     elif kind == "encoder":
-        if is_pretrain_checkpoint(ckpt) or name.startswith(("mae", "lomar")):
+        if is_pretrainer(name):
             with torch.device("meta"):
                 args = create_model(name, **args).encoder_config()
             name = "vit"
         model = create_model(name, **{**args, **overrides})
     else:
         raise ValueError(f"kind must be 'pretrain' or 'encoder', got {kind!r}")
-    report = load_checkpoint(model, ckpt)
+    report = load_checkpoint(model, ckpt, network=network)
     return model, report
 
 
@@ -388,9 +410,38 @@ _LOMAR_ARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_
 
 
 def _infer_name_args(ckpt: Checkpoint, kind: str) -> tuple[str, dict]:
+    if is_two_network(ckpt.state_dict):
+        return "ibot_vit", _infer_ibot_args(ckpt.state_dict)
     args = infer_vit_args(ckpt.state_dict)
     if "encoder_pred.weight" in ckpt.state_dict:
         return "lomar_vit", {k: v for k, v in args.items() if k in _LOMAR_ARGS}
     if is_mae_checkpoint(ckpt):
         return "mae_vit", {k: v for k, v in args.items() if k not in ("global_pool", "num_classes")}
     return "vit", args
+
+
+def _infer_ibot_args(sd: dict) -> dict:
+    """An official iBOT file's architecture from its shapes: the teacher backbone's ViT and
+    the student head's sizes (training-only settings keep their defaults)."""
+    from .ibot import backbone_state_dict
+
+    vit = infer_vit_args(backbone_state_dict(sd, "teacher"))
+    keep = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+    head = "student.head."
+    layers = sorted(
+        int(k.split(".")[3]) for k in sd if k.startswith(head + "mlp.") and k.endswith(".weight")
+    )
+    v = sd[head + "last_layer.weight_v"]
+    args = {k: vit[k] for k in keep if k in vit}
+    args.update(
+        out_dim=v.shape[0],
+        head_bottleneck_dim=v.shape[1],
+        head_hidden_dim=sd[head + "mlp.0.weight"].shape[0],
+        head_layers=len(layers),
+    )
+    second = sd.get(head + "last_layer2.weight_v")
+    shared = second is None or torch.equal(second, v)
+    args["shared_head"] = shared
+    if not shared:
+        args["patch_out_dim"] = second.shape[0]
+    return args

@@ -14,42 +14,24 @@ mimkit's ``IBOT`` keys: ``student.backbone.*``, ``student.head.*``, ``teacher.*`
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import UserError
+from ..utils.io import SAFE_GLOBALS, safe_torch_load
 
-# The non-tensor globals the official full checkpoint needs under
-# ``torch.load(weights_only=True)`` (found with
-# ``torch.serialization.get_unsafe_globals_in_checkpoint``): the ``args`` Namespace and
-# the optimizer's NumPy float64 lr / weight decay (a NumPy scalar is pickled as
-# ``numpy._core.multiarray.scalar(dtype, bytes)``, the dtype as ``numpy.dtype`` rebuilt
-# from ``numpy.dtypes.Float64DType``). The released teacher file needs none. Files pickled
-# under NumPy < 2 name the scalar ``numpy.core.multiarray.scalar``: the same function is
-# allowed under that name too.
-_SCALAR = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
-IBOT_SAFE_GLOBALS = [
-    argparse.Namespace,
-    _SCALAR,
-    (_SCALAR, "numpy.core.multiarray.scalar"),
-    np.dtype,
-    np.dtypes.Float64DType,
-]
+# The official full checkpoint needs exactly the allow-list every mimkit load uses: the
+# ``args`` Namespace and the optimizer's NumPy float64 lr / weight decay (scalar, dtype,
+# Float64DType; the NumPy < 2 name of the scalar too). The released teacher file needs none.
+IBOT_SAFE_GLOBALS = SAFE_GLOBALS
 
 _STUDENT, _TEACHER = "student.", "teacher."
 
 
-def load_official(path: str | Path) -> dict:
-    """``torch.load`` an official iBOT file with ``weights_only=True`` and only the
-    globals it needs (never ``weights_only=False``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    with torch.serialization.safe_globals(IBOT_SAFE_GLOBALS):
-        return torch.load(path, map_location="cpu", weights_only=True)
+def load_official(path: str | Path, trust: bool = False) -> dict:
+    """An official iBOT file, loaded with ``weights_only=True`` and the allow-list."""
+    return safe_torch_load(path, trust=trust)
 
 
 def _strip(sd: dict, prefix: str) -> dict:

@@ -98,41 +98,31 @@ def _named(dim, depth, kernel, patch, act="gelu", **defaults):
     return build
 
 
-@register_model
+@register_model(model_cls=ConvMixer)
 def convmixer(**kw):
     """Any ConvMixer by explicit arguments (dim, depth, kernel_size, patch_size, act, ...)."""
     return ConvMixer(**kw)
 
 
-@register_model
+@register_model(model_cls=ConvMixer)
 def convmixer_1536_20(**kw):
     """ConvMixer-1536/20, kernel 9, patch 7 (ImageNet, 224 px)."""
     return _named(1536, 20, 9, 7)(**kw)
 
 
-@register_model
+@register_model(model_cls=ConvMixer)
 def convmixer_768_32(**kw):
     """ConvMixer-768/32, kernel 7, patch 7, ReLU as published (ImageNet, 224 px)."""
     return _named(768, 32, 7, 7, act="relu")(**kw)
 
 
-@register_model
+@register_model(model_cls=ConvMixer)
 def convmixer_1024_20_ks9_p14(**kw):
     """ConvMixer-1024/20, kernel 9, patch 14 (ImageNet, 224 px)."""
     return _named(1024, 20, 9, 14)(**kw)
 
 
-@register_model
+@register_model(model_cls=ConvMixer)
 def convmixer_256_8(**kw):
     """ConvMixer-256/8, kernel 5, patch 2: the CIFAR-10 model (32 px, 10 classes)."""
     return _named(256, 8, 5, 2, img_size=32, num_classes=10)(**kw)
-
-
-for _fn in (
-    convmixer,
-    convmixer_1536_20,
-    convmixer_768_32,
-    convmixer_1024_20_ks9_p14,
-    convmixer_256_8,
-):
-    _fn.model_cls = ConvMixer

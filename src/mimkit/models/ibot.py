@@ -599,13 +599,13 @@ def _ibot(size: str, patch: int, **overrides) -> IBOT:
     return IBOT(**args)
 
 
-@register_model
+@register_model(model_cls=IBOT)
 def ibot_vit(**kw) -> IBOT:
     """Any iBOT by explicit arguments."""
     return IBOT(**kw)
 
 
-@register_model
+@register_model(model_cls=IBOT)
 def ibot_vit_small_patch16(**kw) -> IBOT:
     """The official ViT-S/16 recipe (800 epochs): K 8192, shared head, last layer not
     normalised, teacher temperature 0.04 -> 0.07 over 30 epochs, 10 local crops."""
@@ -620,7 +620,7 @@ def ibot_vit_small_patch16(**kw) -> IBOT:
     return _ibot("small", 16, **{**recipe, **kw})
 
 
-@register_model
+@register_model(model_cls=IBOT)
 def ibot_vit_base_patch16(**kw) -> IBOT:
     """The official ViT-B/16 recipe: as ViT-S/16 with the last layer normalised
     (``norm_last_layer``) and the temperature warmup over 50 epochs."""
@@ -635,7 +635,7 @@ def ibot_vit_base_patch16(**kw) -> IBOT:
     return _ibot("base", 16, **{**recipe, **kw})
 
 
-@register_model
+@register_model(model_cls=IBOT)
 def ibot_vit_tiny_cifar(**kw) -> IBOT:
     """ViT-Tiny on 32 px CIFAR (4 px patches, 8x8 grid), six 16 px local crops (4x4).
 
@@ -659,7 +659,3 @@ def ibot_vit_tiny_cifar(**kw) -> IBOT:
         local_crops_scale=(0.05, 0.25),
     )
     return _ibot("tiny", 4, **{**recipe, **kw})
-
-
-for _fn in (ibot_vit, ibot_vit_small_patch16, ibot_vit_base_patch16, ibot_vit_tiny_cifar):
-    _fn.model_cls = IBOT

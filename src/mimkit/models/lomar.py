@@ -22,7 +22,7 @@ import torch
 from timm.models import checkpoint_seq
 from torch import nn
 
-from .. import masking as M
+from .. import masking
 from .mae import _init_linear_and_norm
 from .registry import register_model
 from .vit import ENCODER_KEYS, VIT_SIZES, VisionTransformer
@@ -32,7 +32,7 @@ class LoMaROutput(NamedTuple):
     loss: torch.Tensor  # scalar
     pred: torch.Tensor  # (S, K, p*p*3) for S = N * num_window sequences of K patches
     mask: torch.Tensor  # (S, K), 0 visible, 1 masked
-    windows: M.Windows  # image index, corner, patch indices of each sequence
+    windows: masking.Windows  # image index, corner, patch indices of each sequence
 
 
 class LocalMaskedReconstruction(VisionTransformer):
@@ -110,9 +110,9 @@ class LocalMaskedReconstruction(VisionTransformer):
         iRPE tables are decayed."""
         return set()
 
-    def sample(self, imgs: torch.Tensor, **fixed) -> M.Windows:
+    def sample(self, imgs: torch.Tensor, **fixed) -> masking.Windows:
         """Windows and masks for a batch (``fixed``: corners / noise / pairing overrides)."""
-        return M.lomar_windows(
+        return masking.lomar_windows(
             imgs.shape[0],
             self.grid_size,
             self.window_size,
@@ -123,7 +123,7 @@ class LocalMaskedReconstruction(VisionTransformer):
             **fixed,
         )
 
-    def forward_encoder(self, imgs: torch.Tensor, win: M.Windows) -> torch.Tensor:
+    def forward_encoder(self, imgs: torch.Tensor, win: masking.Windows) -> torch.Tensor:
         """imgs: (N, 3, H, W) -> pred (S, K, p*p*3) for the window sequences of ``win``."""
         x = self.patch_embed(imgs)  # (N, L, D)
         x = x[win.image.unsqueeze(1), win.patches]  # (S, K, D)
@@ -135,16 +135,16 @@ class LocalMaskedReconstruction(VisionTransformer):
             x = self.blocks(x)
         return self.encoder_pred(self.norm(x))[:, 1:]
 
-    def target(self, imgs: torch.Tensor, win: M.Windows) -> torch.Tensor:
+    def target(self, imgs: torch.Tensor, win: masking.Windows) -> torch.Tensor:
         """Pixel targets of the window patches (S, K, p*p*3), normalised per patch."""
-        target = M.patchify(imgs, self.patch_size)[win.image.unsqueeze(1), win.patches]
-        return M.normalize_patches(target) if self.norm_pix_loss else target
+        target = masking.patchify(imgs, self.patch_size)[win.image.unsqueeze(1), win.patches]
+        return masking.normalize_patches(target) if self.norm_pix_loss else target
 
-    def forward(self, imgs: torch.Tensor, windows: M.Windows | None = None) -> LoMaROutput:
+    def forward(self, imgs: torch.Tensor, windows: masking.Windows | None = None) -> LoMaROutput:
         """imgs: (N, 3, H, W); ``windows`` (from ``sample``) fixes windows and masks."""
         win = self.sample(imgs) if windows is None else windows
         pred = self.forward_encoder(imgs, win)
-        loss = M.masked_mse(pred, self.target(imgs, win), win.mask)
+        loss = masking.masked_mse(pred, self.target(imgs, win), win.mask)
         return LoMaROutput(loss, pred, win.mask, win)
 
 
@@ -154,38 +154,28 @@ def _lomar(size: str, patch: int, **overrides) -> LocalMaskedReconstruction:
     return LocalMaskedReconstruction(**(args | overrides))
 
 
-@register_model
+@register_model(model_cls=LocalMaskedReconstruction)
 def lomar_vit(**kw):
     """Any LoMaR by explicit arguments."""
     return LocalMaskedReconstruction(**kw)
 
 
-@register_model
+@register_model(model_cls=LocalMaskedReconstruction)
 def lomar_vit_small_patch16(**kw):
     return _lomar("small", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=LocalMaskedReconstruction)
 def lomar_vit_base_patch16(**kw):
     return _lomar("base", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=LocalMaskedReconstruction)
 def lomar_vit_large_patch16(**kw):
     return _lomar("large", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=LocalMaskedReconstruction)
 def lomar_vit_tiny_cifar(**kw):
     """ViT-Tiny on 32 px / 4 px patches (8 x 8 grid): four 4 x 4 windows, 12 of 16 masked."""
     return _lomar("tiny", 4, **({"img_size": 32, "window_size": 4} | kw))
-
-
-for _fn in (
-    lomar_vit,
-    lomar_vit_small_patch16,
-    lomar_vit_base_patch16,
-    lomar_vit_large_patch16,
-    lomar_vit_tiny_cifar,
-):
-    _fn.model_cls = LocalMaskedReconstruction

@@ -14,7 +14,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .. import masking as M
+from .. import masking
 from ..layers import get_2d_sincos_pos_embed
 from .registry import register_model
 from .vit import ENCODER_KEYS, VIT_SIZES, LayerNorm6, VisionTransformer
@@ -124,13 +124,13 @@ class MaskedAutoencoder(VisionTransformer):
 
     def forward_encoder(
         self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, M.Masking]:
+    ) -> tuple[torch.Tensor, masking.Masking]:
         """imgs: (N, 3, H, W) -> latent (N, 1 + L_keep, D), masking."""
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         if noise is None:
             noise = torch.rand(x.shape[0], x.shape[1], device=x.device)
-        m = M.random_masking(noise, mask_ratio)
-        x = M.gather_tokens(x, m.ids_keep)
+        m = masking.random_masking(noise, mask_ratio)
+        x = masking.gather_tokens(x, m.ids_keep)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         x = self.norm(self._run_blocks(self.blocks, x))
@@ -139,18 +139,18 @@ class MaskedAutoencoder(VisionTransformer):
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent: (N, 1 + L_keep, D), ids_restore: (N, L) -> pred (N, L, p*p*3)."""
         x = self.decoder_embed(latent)
-        tokens = M.restore_with_tokens(x[:, 1:], self.mask_token, ids_restore)
+        tokens = masking.restore_with_tokens(x[:, 1:], self.mask_token, ids_restore)
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
         x = self.decoder_norm(self._run_blocks(self.decoder_blocks, x))
         return self.decoder_pred(x)[:, 1:, :]
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
         """Pixel targets (N, L, p*p*3), per-patch normalised when ``norm_pix_loss``."""
-        target = M.patchify(imgs, self.patch_size)
-        return M.normalize_patches(target) if self.norm_pix_loss else target
+        target = masking.patchify(imgs, self.patch_size)
+        return masking.normalize_patches(target) if self.norm_pix_loss else target
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
-        return M.masked_mse(pred, self.target(imgs), mask)
+        return masking.masked_mse(pred, self.target(imgs), mask)
 
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
@@ -188,50 +188,38 @@ def _mae(size: str, patch: int, decoder=(512, 8, 16), **overrides) -> MaskedAuto
     return MaskedAutoencoder(**args)
 
 
-@register_model
+@register_model(model_cls=MaskedAutoencoder)
 def mae_vit(**kw):
     """Any MAE by explicit arguments."""
     return MaskedAutoencoder(**kw)
 
 
-@register_model
+@register_model(model_cls=MaskedAutoencoder)
 def mae_vit_tiny_patch16(**kw):
     return _mae("tiny", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=MaskedAutoencoder)
 def mae_vit_small_patch16(**kw):
     return _mae("small", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=MaskedAutoencoder)
 def mae_vit_base_patch16(**kw):
     return _mae("base", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=MaskedAutoencoder)
 def mae_vit_large_patch16(**kw):
     return _mae("large", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=MaskedAutoencoder)
 def mae_vit_huge_patch14(**kw):
     return _mae("huge", 14, **kw)
 
 
-@register_model
+@register_model(model_cls=MaskedAutoencoder)
 def mae_vit_tiny_cifar(**kw):
     """ViT-Tiny encoder on 32 px / 4 px patches with a 192-wide, 4-block decoder."""
     return _mae("tiny", 4, decoder=(192, 4, 3), **{"img_size": 32, **kw})
-
-
-for _fn in (
-    mae_vit,
-    mae_vit_tiny_patch16,
-    mae_vit_small_patch16,
-    mae_vit_base_patch16,
-    mae_vit_large_patch16,
-    mae_vit_huge_patch14,
-    mae_vit_tiny_cifar,
-):
-    _fn.model_cls = MaskedAutoencoder

@@ -1,7 +1,8 @@
 """Model registry: ``create_model(name, **overrides)`` and ``list_models(pattern)``.
 
-Each registered function returns a model and records how it was built in
-``model.model_name`` / ``model.model_args`` so checkpoints can rebuild it.
+Each registered function returns a model; ``create_model`` records its name in
+``model.model_name``, and checkpoints rebuild it from that name and the model's
+``arch_config()``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ from ..errors import UserError
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    if fn.__name__ in _MODELS:
-        raise RuntimeError(f"model {fn.__name__} registered twice")
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *, model_cls: type | None = None):
+    """Register a variant function under its name: ``@register_model`` or
+    ``@register_model(model_cls=Cls)`` (the class whose arguments the variant accepts,
+    for error messages and for telling pretraining models from backbones)."""
+
+    def add(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if f.__name__ in _MODELS:
+            raise RuntimeError(f"model {f.__name__} registered twice")
+        f.model_cls = model_cls
+        _MODELS[f.__name__] = f
+        return f
+
+    return add(fn) if fn is not None else add
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -52,7 +61,6 @@ def create_model(name: str, **overrides) -> nn.Module:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"model '{name}' cannot be built with {given}: {why}") from None
     model.model_name = name
-    model.model_args = dict(overrides)
     return model
 
 

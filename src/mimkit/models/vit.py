@@ -154,55 +154,41 @@ def _vit(size: str, patch: int, **overrides) -> VisionTransformer:
     return VisionTransformer(**args)
 
 
-@register_model
+@register_model(model_cls=VisionTransformer)
 def vit(**kw) -> VisionTransformer:
     """Any ViT by explicit arguments (embed_dim, depth, num_heads, patch_size, img_size, ...)."""
     return VisionTransformer(**kw)
 
 
-vit.model_cls = VisionTransformer
-
-
-@register_model
+@register_model(model_cls=VisionTransformer)
 def vit_tiny_patch16(**kw):
     return _vit("tiny", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=VisionTransformer)
 def vit_small_patch16(**kw):
     return _vit("small", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=VisionTransformer)
 def vit_base_patch16(**kw):
     return _vit("base", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=VisionTransformer)
 def vit_large_patch16(**kw):
     return _vit("large", 16, **kw)
 
 
-@register_model
+@register_model(model_cls=VisionTransformer)
 def vit_huge_patch14(**kw):
     return _vit("huge", 14, **kw)
 
 
-@register_model
+@register_model(model_cls=VisionTransformer)
 def vit_tiny_cifar(**kw):
     """ViT-Tiny for 32 px images with 4 px patches (8 x 8 tokens)."""
     return _vit("tiny", 4, **{"img_size": 32, **kw})
-
-
-for _fn in (
-    vit_tiny_patch16,
-    vit_small_patch16,
-    vit_base_patch16,
-    vit_large_patch16,
-    vit_huge_patch14,
-    vit_tiny_cifar,
-):
-    _fn.model_cls = VisionTransformer
 
 
 ENCODER_KEYS = (

@@ -41,8 +41,9 @@ def load_backbone(cfg: config_lib.Config, device, **overrides) -> tuple[nn.Modul
             args = encoder_args(args)
         model, report = create_encoder(cfg.model.name, **{**args, **overrides}), None
     else:
+        network = str(cfg.model.checkpoint_network)
         model, report = model_from_checkpoint(
-            ckpt, kind="encoder", trust=cfg.trust_checkpoint, **overrides
+            ckpt, kind="encoder", trust=cfg.trust_checkpoint, network=network, **overrides
         )
     if getattr(model, "channels_last", False):
         model = model.to(memory_format=torch.channels_last)

@@ -109,24 +109,31 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
 # ---------------------------------------------------------------------------- loading
 
 
-def _numpy_globals() -> list:
-    """NumPy scalars and dtypes, as official training checkpoints store them (an
-    optimizer's lr or weight decay read from a NumPy schedule)."""
-    import numpy as np
-
+def _numpy_scalar():
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # NumPy 1.x
         from numpy.core.multiarray import scalar
-    dtypes = [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i4", "i8", "u1", "b1")]
-    return [scalar, np.dtype, *dtypes]
+    return scalar
 
 
-def safe_globals() -> list:
-    """The non-tensor types a checkpoint may hold: official MAE and iBOT files carry an
-    ``argparse.Namespace`` (the training arguments) and NumPy scalars; mimkit's own
-    checkpoints hold only dicts, lists, numbers and strings."""
-    return [argparse.Namespace, *_numpy_globals()]
+def _safe_globals() -> list:
+    import numpy as np
+
+    scalar = _numpy_scalar()
+    return [
+        argparse.Namespace,  # official MAE / iBOT training arguments ('args')
+        scalar,  # NumPy scalars (an official optimizer's lr / weight decay) ...
+        (scalar, "numpy.core.multiarray.scalar"),  # ... as NumPy < 2 pickled them
+        np.dtype,  # ... their dtype
+        np.dtypes.Float64DType,
+    ]
+
+
+# The only non-tensor types a checkpoint may hold (found with
+# torch.serialization.get_unsafe_globals_in_checkpoint on the official MAE and iBOT
+# files); mimkit's own checkpoints hold only dicts, lists, numbers and strings.
+SAFE_GLOBALS = _safe_globals()
 
 
 _UNSAFE = re.compile(r"GLOBAL ([\w.]+)")
@@ -148,7 +155,7 @@ def safe_torch_load(path: str | Path, trust: bool = False, what: str = "checkpoi
         except Exception as e:  # any unpickling failure of an arbitrary file
             raise UserError(f"{path} is not a {what} ({_first_line(e)})") from None
     try:
-        with torch.serialization.safe_globals(safe_globals()):
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = _UNSAFE.search(str(e))

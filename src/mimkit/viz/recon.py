@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .. import masking as M
+from .. import masking
 from ..data.transforms import denormalize, eval_transform
 from ..errors import UserError
 
@@ -30,13 +30,15 @@ def reconstruct(
     p = model.patch_size
     pred = out.pred.float()
     if model.norm_pix_loss:
-        target = M.patchify(imgs, p)
+        target = masking.patchify(imgs, p)
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)
         pred = pred * (var + 1e-6) ** 0.5 + mean
     grid = model.grid_size
-    recon = M.unpatchify(pred, p, grid)
-    pixel_mask = M.unpatchify(out.mask.unsqueeze(-1).expand(-1, -1, p * p * 3).float(), p, grid)
+    recon = masking.unpatchify(pred, p, grid)
+    pixel_mask = masking.unpatchify(
+        out.mask.unsqueeze(-1).expand(-1, -1, p * p * 3).float(), p, grid
+    )
     masked = imgs * (1 - pixel_mask)
     pasted = imgs * (1 - pixel_mask) + recon * pixel_mask
     return {
@@ -65,7 +67,7 @@ def reconstruct_windows(
     noise = torch.rand(n * model.num_window, ws * ws, generator=generator).to(imgs.device)
     win = model.sample(imgs, corners=corners, noise=noise, pairing="per_image")
     out = model(imgs, windows=win)
-    target = M.patchify(imgs, p)  # (N, L, ppc)
+    target = masking.patchify(imgs, p)  # (N, L, ppc)
     pred = out.pred.float()
     if model.norm_pix_loss:
         t = target[win.image.unsqueeze(1), win.patches]
@@ -76,7 +78,7 @@ def reconstruct_windows(
     inside[win.image.unsqueeze(1), win.patches] = 1.0
     masked[win.image.unsqueeze(1), win.patches] = win.mask
     recon[win.image.unsqueeze(1), win.patches] = pred
-    as_img = lambda x: M.unpatchify(x, p, grid)  # noqa: E731
+    as_img = lambda x: masking.unpatchify(x, p, grid)  # noqa: E731
     pix = lambda m: as_img(m.unsqueeze(-1).expand(-1, -1, target.shape[-1]))  # noqa: E731
     inside, masked = pix(inside), pix(masked)
     dim = 0.35 * denormalize(imgs) * (1 - inside)
