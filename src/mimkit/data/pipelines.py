@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from ..errors import UserError
 from ..utils import distributed as dist
+from ..utils.cache import cache_root
 from .datasets import ImageDataset, collate
 from .jpeg import DeviceJpegLoader
 from .loader import EpochSampler, build_loader
@@ -43,10 +43,6 @@ def open_pretrain_data(pipeline: str, path: str | None, file_list: str | None) -
         return PretrainData(pipeline, sum(counts), shard_dir=Path(path))
     source = open_source(path, file_list)
     return PretrainData(pipeline, len(source), source=source)
-
-
-def default_tensor_cache_dir() -> Path:
-    return Path(os.environ.get("MIMKIT_CACHE", Path.home() / ".cache" / "mimkit")) / "tensors"
 
 
 def build_pretrain_loader(
@@ -82,7 +78,7 @@ def build_pretrain_loader(
             data.source, batch_size, sampler, num_workers, device, img_size, scale, hflip
         )
     cache = load_tensor_cache(
-        data.source, cache_size or img_size, cache_dir or default_tensor_cache_dir(), num_workers
+        data.source, cache_size or img_size, cache_dir or cache_root() / "tensors", num_workers
     )
     # the cache may hold fewer images (unreadable ones left out): sample what it holds
     sampler = EpochSampler(len(cache["images"]), shuffle=True, seed=seed, rank=rank, world=world)

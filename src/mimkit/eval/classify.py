@@ -159,15 +159,4 @@ def predict_loader(model, loader, device, precision: str, encoder=None):
         (torch.cat(scores), torch.cat(targets)) if scores else (torch.zeros(0, 0), torch.zeros(0))
     )
     parts = dist.all_gather_object(mine)
-    return _interleave([p[0] for p in parts]), _interleave([p[1] for p in parts]).long()
-
-
-def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Undo the r::world sharding of an unpadded, unshuffled sampler."""
-    world = len(parts)
-    n = sum(len(p) for p in parts)
-    ref = next(p for p in parts if p.numel())
-    out = torch.empty((n, *ref.shape[1:]), dtype=ref.dtype)
-    for r, p in enumerate(parts):
-        out[r::world] = p
-    return out
+    return dist.interleave([p[0] for p in parts]), dist.interleave([p[1] for p in parts]).long()

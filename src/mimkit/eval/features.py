@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -84,11 +83,8 @@ def extract(
 
 def _assemble(parts: list, source: ImageSource) -> dict:
     """Interleave rank shards back into source order (rank r held indices r::world)."""
-    world, n = len(parts), len(source)
-    dim = next(p[0].shape[1] for p in parts if p[0].numel())
-    features = torch.empty(n, dim)
-    for r, (f, _) in enumerate(parts):
-        features[r::world] = f
+    n = len(source)
+    features = dist.interleave([f for f, _ in parts])
     reasons = {p: why for _, b in parts for p, why in b.items()}
     keep = [i for i, p in enumerate(source.paths) if p not in reasons]
     labels = torch.tensor(source.labels if source.labels is not None else [-1] * n)
@@ -102,10 +98,6 @@ def _assemble(parts: list, source: ImageSource) -> dict:
 
 
 # ---------------------------------------------------------------------------- cache
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MIMKIT_CACHE", Path.home() / ".cache" / "mimkit")) / "features"
 
 
 def cache_key(**parts) -> str:

@@ -599,6 +599,11 @@ def _ibot(size: str, patch: int, **overrides) -> IBOT:
     return IBOT(**args)
 
 
+# What the official ImageNet recipes share: K 8192, one head for [CLS] and patches,
+# teacher temperature warming up to 0.07, drop path 0.1 on the student.
+_OFFICIAL = dict(out_dim=8192, shared_head=True, teacher_temp=0.07, drop_path_rate=0.1)
+
+
 @register_model(model_cls=IBOT)
 def ibot_vit(**kw) -> IBOT:
     """Any iBOT by explicit arguments."""
@@ -609,14 +614,7 @@ def ibot_vit(**kw) -> IBOT:
 def ibot_vit_small_patch16(**kw) -> IBOT:
     """The official ViT-S/16 recipe (800 epochs): K 8192, shared head, last layer not
     normalised, teacher temperature 0.04 -> 0.07 over 30 epochs, 10 local crops."""
-    recipe = dict(
-        out_dim=8192,
-        norm_last_layer=False,
-        shared_head=True,
-        teacher_temp=0.07,
-        warmup_teacher_temp_epochs=30,
-        drop_path_rate=0.1,
-    )
+    recipe = dict(_OFFICIAL, norm_last_layer=False, warmup_teacher_temp_epochs=30)
     return _ibot("small", 16, **{**recipe, **kw})
 
 
@@ -624,14 +622,7 @@ def ibot_vit_small_patch16(**kw) -> IBOT:
 def ibot_vit_base_patch16(**kw) -> IBOT:
     """The official ViT-B/16 recipe: as ViT-S/16 with the last layer normalised
     (``norm_last_layer``) and the temperature warmup over 50 epochs."""
-    recipe = dict(
-        out_dim=8192,
-        norm_last_layer=True,
-        shared_head=True,
-        teacher_temp=0.07,
-        warmup_teacher_temp_epochs=50,
-        drop_path_rate=0.1,
-    )
+    recipe = dict(_OFFICIAL, norm_last_layer=True, warmup_teacher_temp_epochs=50)
     return _ibot("base", 16, **{**recipe, **kw})
 
 

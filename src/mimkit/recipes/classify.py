@@ -70,7 +70,6 @@ def linprobe(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
     backbone, _ = load_backbone(cfg, ctx.device)
     set_pool(backbone, str(cfg.eval.pool))
     cached = cfg.linprobe.cache and not cfg.linprobe.augment
-    pin = ctx.device.type == "cuda"
     if cached:
         train, val, _ = split_features(ctx, backbone, splits)
         _clamp_batch(cfg, len(train["labels"]))
@@ -81,19 +80,7 @@ def linprobe(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
     else:
         size = input_size(backbone)
         transform = linprobe_transform(size) if cfg.linprobe.augment else eval_transform(size)
-        loader = train_loader(
-            ImageDataset(splits.train, transform),
-            cfg.data.batch_size,
-            cfg.train.seed,
-            cfg.data.num_workers,
-            pin,
-        )
-        val_loader = eval_loader(
-            ImageDataset(splits.val, eval_transform(size)),
-            cfg.eval.batch_size,
-            cfg.data.num_workers,
-            pin,
-        )
+        loader, val_loader = _image_loaders(ctx, splits, transform, size)
         encoder = heads.FrozenEncoder(backbone)
     head = heads.LinearProbe(backbone.num_features, len(splits.classes)).to(ctx.device)
     lr = ctx.lr()
@@ -143,21 +130,9 @@ def finetune(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
         heads.freeze_all_but_last(model, ft.trainable_blocks)
     if cfg.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    size, pin = input_size(model), ctx.device.type == "cuda"
+    size = input_size(model)
     transform = finetune_transform(size, ft.auto_augment, ft.reprob, ft.crop_scale, ft.crop_ratio)
-    loader = train_loader(
-        ImageDataset(splits.train, transform),
-        cfg.data.batch_size,
-        cfg.train.seed,
-        cfg.data.num_workers,
-        pin,
-    )
-    val_loader = eval_loader(
-        ImageDataset(splits.val, eval_transform(size)),
-        cfg.eval.batch_size,
-        cfg.data.num_workers,
-        pin,
-    )
+    loader, val_loader = _image_loaders(ctx, splits, transform, size)
     mixup, criterion = mixup_and_loss(ft, len(splits.classes), cfg.data.batch_size)
     lr = ctx.lr()
     groups = lambda m: heads.layer_decay_groups(m, cfg.optim.weight_decay, ft.layer_decay)
@@ -182,6 +157,18 @@ def finetune(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
         "model_args": model.arch_config(),
     }
     return _fit_classifier(ctx, task, model, make_optimizer, loader, lr, meta, "fine-tune", splits)
+
+
+def _image_loaders(ctx: RunContext, splits, transform, size: int) -> tuple:
+    """Training images through ``transform`` (shuffled, full batches) and validation images
+    through the eval transform (every image once over all ranks)."""
+    cfg, pin = ctx.cfg, ctx.device.type == "cuda"
+    train = ImageDataset(splits.train, transform)
+    val = ImageDataset(splits.val, eval_transform(size))
+    return (
+        train_loader(train, cfg.data.batch_size, cfg.train.seed, cfg.data.num_workers, pin),
+        eval_loader(val, cfg.eval.batch_size, cfg.data.num_workers, pin),
+    )
 
 
 def mixup_and_loss(ft: config_lib.FinetuneConfig, num_classes: int, batch_size: int):
