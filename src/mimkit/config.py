@@ -121,6 +121,8 @@ class LinprobeConfig:
     optimizer: ProbeOptimizer = ProbeOptimizer.lars
     augment: bool = False  # random resized crop + flip; the frozen encoder then runs each step
     cache: bool = True  # without augmentation: train the head on features extracted once
+    # DINO/iBOT probe: [CLS] of the last n blocks concatenated (official 4 for ViT-S/16)
+    n_last_blocks: int = 1
 
 
 @dataclass

@@ -37,6 +37,7 @@ def cmd_visualize(args) -> int:
     model, _ = model_from_checkpoint(args.checkpoint, kind="pretrain", trust=args.trust_checkpoint)
     model.to(device)
     paths = collect_images(args.images, args.num_images)
-    loss = reconstruction_grid(model, paths, args.out, args.mask_ratio, args.seed, device)
-    print(f"wrote {args.out} ({len(paths)} images, masked-patch loss {loss:.4f})")
+    value = reconstruction_grid(model, paths, args.out, args.mask_ratio, args.seed, device)
+    what = "student = teacher prototype at" if hasattr(model, "teacher") else "masked-patch loss"
+    print(f"wrote {args.out} ({len(paths)} images, {what} {value:.4f})")
     return 0

@@ -113,6 +113,7 @@ class Trainer:
             )
         self.micro_steps = steps  # micro-batches per epoch (a multiple of accum_iter)
         self.steps_per_epoch = steps // loop.accum_iter  # optimizer steps per epoch
+        self._extras: dict[str, torch.Tensor] = {}  # the last step's other scalars
 
     # ------------------------------------------------------------------ public
     def resume(self, path: str | Path, trust: bool = False) -> None:
@@ -217,14 +218,15 @@ class Trainer:
             self._note_bad(batch.pop("bad", []) if isinstance(batch, dict) else [])
             loss = self._micro_step(epoch, i, batch)
             n = _batch_size(batch)
-            window.add(loss, n)
-            total.add(loss, n)
+            window.add(loss, n, self._extras)
+            total.add(loss, n, self._extras)
             if (i + 1) % self.cfg.log_every == 0:
                 self._log_window(epoch, window, bar)
             bar.update(1)
             t_wait = time.perf_counter()
         bar.close()
-        stats = {"loss": total.mean(), "lr": self._lr()}
+        loss, _, extras = total.reduce()
+        stats = {"loss": loss, "lr": self._lr(), **extras}
         self._check_finite(stats["loss"], epoch)
         stats["skipped_images"] = self._gather_bad()
         return stats
@@ -248,6 +250,8 @@ class Trainer:
                 out = self.task.training_step(self.model, batch)
             loss = out["loss"]
             self.scaler.scale(loss / accum).backward()
+        # other scalars the task returns (e.g. iBOT's two losses, temperature) are logged
+        self._extras = {k: v.detach() for k, v in out.items() if k != "loss" and _scalar(v)}
         if sync:
             self._optimizer_step(epoch, it)
         return loss.detach()
@@ -302,7 +306,7 @@ class Trainer:
     # ------------------------------------------------------------------ logging
     def _log_window(self, epoch: int, window: _Window, bar) -> None:
         """The one host-device sync point: average the window's loss over all ranks."""
-        loss, n = window.reduce()
+        loss, n, extras = window.reduce()
         self._check_finite(loss, epoch)
         elapsed = time.perf_counter() - window.start
         record = {
@@ -313,6 +317,7 @@ class Trainer:
             "lr": self._lr(),
             "img_s": n / max(elapsed, 1e-9),
             "data_wait": window.wait / max(elapsed, 1e-9),
+            **extras,
         }
         self.logger.write(record)
         bar.set_postfix(
@@ -447,7 +452,8 @@ class Trainer:
 
 
 class _Window:
-    """Loss sum and image count kept on the device (no sync until ``reduce``)."""
+    """Loss (and the task's other scalars) summed with the image count on the device: no
+    host-device sync until ``reduce``, which all-reduces them in one call."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -455,20 +461,29 @@ class _Window:
 
     def reset(self) -> None:
         self.sums = torch.zeros(2, device=self.device, dtype=torch.float64)
+        self.extras: dict[str, torch.Tensor] = {}
         self.start = time.perf_counter()
         self.wait = 0.0
 
-    def add(self, loss: torch.Tensor, n: int) -> None:
+    def add(self, loss: torch.Tensor, n: int, extras: dict | None = None) -> None:
         self.sums[0] += loss.double() * n
         self.sums[1] += n
+        for k, v in (extras or {}).items():
+            self.extras[k] = self.extras.get(k, 0.0) + v.double() * n
 
-    def reduce(self) -> tuple[float, float]:
-        s = dist.all_reduce_sum(self.sums.clone())
-        loss_sum, n = s.tolist()
-        return loss_sum / max(n, 1), n
+    def reduce(self) -> tuple[float, float, dict[str, float]]:
+        keys = sorted(self.extras)
+        parts = [self.sums] + [self.extras[k].reshape(1).to(self.device) for k in keys]
+        s = dist.all_reduce_sum(torch.cat(parts)).tolist()
+        n = max(s[1], 1)
+        return s[0] / n, s[1], {k: s[2 + i] / n for i, k in enumerate(keys)}
 
     def mean(self) -> float:
         return self.reduce()[0]
+
+
+def _scalar(v) -> bool:
+    return torch.is_tensor(v) and v.numel() == 1
 
 
 def _batch_size(batch) -> int:

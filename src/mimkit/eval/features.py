@@ -37,8 +37,51 @@ def set_pool(model, pool: str) -> None:
 
 
 def encode(model, imgs: torch.Tensor) -> torch.Tensor:
-    """imgs: (N, 3, H, W) -> features (N, D) through the backbone contract."""
+    """imgs: (N, 3, H, W) -> features (N, D) through the backbone contract (or the
+    model's own ``encode``, e.g. ``LastBlocks``)."""
+    if hasattr(model, "encode"):
+        return model.encode(imgs)
     return model.forward_head(model.forward_features(imgs), pre_logits=True)
+
+
+class LastBlocks(torch.nn.Module):
+    """The linear-probe features of DINO / iBOT: the [CLS] tokens of the last ``n`` blocks,
+    each through the final norm, concatenated; with average pooling the mean patch token
+    of the last block is appended (the official ``avgpool_patchtokens``). Uses timm's
+    ``forward_intermediates``, so any ViT of our contract works (MAE, LoMaR, iBOT)."""
+
+    def __init__(self, backbone: torch.nn.Module, n: int, avg: bool = False):
+        super().__init__()
+        if not hasattr(backbone, "forward_intermediates") or not hasattr(backbone, "blocks"):
+            raise UserError("linprobe.n_last_blocks > 1 needs a ViT backbone")
+        if not 1 <= n <= len(backbone.blocks):
+            raise UserError(
+                f"linprobe.n_last_blocks must be between 1 and {len(backbone.blocks)}, got {n}"
+            )
+        self.backbone, self.n, self.avg = backbone, n, avg
+        self.num_features = backbone.num_features * (n + int(avg))
+
+    def encode(self, imgs: torch.Tensor) -> torch.Tensor:
+        outs = self.backbone.forward_intermediates(
+            imgs,
+            indices=self.n,
+            norm=True,
+            return_prefix_tokens=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )
+        feats = [prefix[:, 0] for _, prefix in outs]
+        if self.avg:
+            feats.append(outs[-1][0].mean(1))
+        return torch.cat(feats, dim=-1)
+
+    @property
+    def patch_embed(self):  # the input size, for transforms
+        return self.backbone.patch_embed
+
+    def arch_config(self) -> dict:
+        arch = getattr(self.backbone, "arch_config", lambda: {})()
+        return {**arch, "n_last_blocks": self.n, "avgpool": self.avg}
 
 
 @torch.no_grad()

@@ -437,7 +437,7 @@ class IBOT(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """batch: {'global': [(N,3,H,W)] * G, 'local': [(N,3,h,w)] * n,
         'masks': [(N,H/p,W/p) bool] * G} -> {'loss', 'cls_loss', 'patch_loss', 'acc',
-        'mask_ratio'} (scalars; ``acc``: teacher [CLS] argmax on view 1 = student's on view 2,
+        'mask_ratio'} (scalars; ``agreement``: teacher [CLS] argmax on view 1 = student's on view 2,
         the official diagnostic)."""
         glob, local = torch.cat(batch["global"]), batch.get("local") or []
         masks = torch.cat(batch["masks"]).flatten(1)  # (G*N, L)
@@ -472,7 +472,7 @@ class IBOT(nn.Module):
             "mask_ratio": masks.float().mean(),
         }
         if agree is not None:
-            out["acc"] = agree.float().mean()
+            out["agreement"] = agree.float().mean()
         return out
 
     @torch.no_grad()
@@ -548,6 +548,7 @@ class IBOTTask:
         )
         self.clip_grad = clip_grad
         self.freeze_last_layer = freeze_last_layer
+        self.logged: dict[str, float] = {}
 
     @classmethod
     def from_model(
@@ -567,11 +568,17 @@ class IBOTTask:
         )
 
     def training_step(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        return model(batch)
+        out = model(batch)
+        loss = out["loss"]
+        for key, value in self.logged.items():  # logged with the losses
+            out[key] = loss.new_tensor(value).detach()
+        return out
 
     def on_step_start(self, model: nn.Module, optimizer, step: int, epoch: int) -> None:
         optimizer.param_groups[0]["weight_decay"] = _at(self.wd, step)
-        dist.unwrap(model).set_teacher_temps(_at(self.cls_temp, epoch), _at(self.patch_temp, epoch))
+        temps = _at(self.cls_temp, epoch), _at(self.patch_temp, epoch)
+        dist.unwrap(model).set_teacher_temps(*temps)
+        self.logged = {"teacher_temp": temps[0], "momentum": _at(self.momentum, step)}
 
     def before_optimizer_step(self, model: nn.Module, epoch: int) -> None:
         ibot = dist.unwrap(model)

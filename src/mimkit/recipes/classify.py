@@ -18,7 +18,7 @@ from ..engine import distributed as dist
 from ..engine.optim import adamw
 from ..errors import UserError
 from ..eval import classify as heads
-from ..eval.features import set_pool
+from ..eval.features import LastBlocks, set_pool
 from ..models import input_size
 from ..viz.curves import plot_curves
 from .backbone import load_backbone, split_features, write_metrics
@@ -69,6 +69,9 @@ def linprobe(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
     ctx.run_dir()
     backbone, _ = load_backbone(cfg, ctx.device)
     set_pool(backbone, str(cfg.eval.pool))
+    if cfg.linprobe.n_last_blocks > 1:
+        avg = str(cfg.eval.pool) == "avg"
+        backbone = LastBlocks(backbone, cfg.linprobe.n_last_blocks, avg).to(ctx.device)
     cached = cfg.linprobe.cache and not cfg.linprobe.augment
     if cached:
         train, val, _ = split_features(ctx, backbone, splits)

@@ -149,8 +149,7 @@ def _pictures(model, source, out: Path, cfg: config_lib.Config, device) -> list[
     from ..viz.recon import reconstruction_grid
 
     written = [plot_curves(out / "log.jsonl", out / "loss.png")]
-    reconstructs = hasattr(model, "forward_decoder") or hasattr(model, "window_size")
-    if source is not None and reconstructs:
+    if source is not None:
         step = max(1, len(source) // 8)
         reconstruction_grid(
             model,

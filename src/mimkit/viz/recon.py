@@ -4,6 +4,7 @@ original | masked | reconstruction | reconstruction with the visible patches pas
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import torch
@@ -100,21 +101,26 @@ def _seeded_corners(n, m, grid, ws, generator) -> torch.Tensor:
     return torch.stack([rows, cols], -1)
 
 
-def save_grid(images: dict[str, torch.Tensor], path: str | Path, title: str = "") -> Path:
-    """One row per image, the four columns of the official demo, as a PNG."""
+MAE_COLUMNS = (
+    ("original", "original"),
+    ("masked", "masked"),
+    ("recon", "reconstruction"),
+    ("pasted", "reconstruction + visible"),
+)
+
+
+def save_grid(
+    images: dict[str, torch.Tensor], path: str | Path, title: str = "", columns=MAE_COLUMNS
+) -> Path:
+    """One row per image, one column per (key, label) of ``columns``, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [
-        ("original", "original"),
-        ("masked", "masked"),
-        ("recon", "reconstruction"),
-        ("pasted", "reconstruction + visible"),
-    ]
+    cols = list(columns)
     n = images["original"].shape[0]
-    fig, axes = plt.subplots(n, 4, figsize=(4 * 2.2, n * 2.2), squeeze=False)
+    fig, axes = plt.subplots(n, len(cols), figsize=(len(cols) * 2.2, n * 2.2), squeeze=False)
     for r in range(n):
         for c, (key, label) in enumerate(cols):
             ax = axes[r][c]
@@ -155,6 +161,8 @@ def reconstruction_grid(
         raise UserError("none of the given images could be read")
     imgs = torch.stack(images).to(device)
     g = torch.Generator().manual_seed(seed)
+    if hasattr(model, "teacher"):  # iBOT: block masks and prototypes
+        return prototype_grid(model, imgs, out, g)
     if hasattr(model, "window_size"):  # LoMaR: windows, their masks and predictions
         result = reconstruct_windows(model, imgs, g)
         loss = float(result["loss"])
@@ -167,3 +175,54 @@ def reconstruction_grid(
     loss = float(result["loss"])
     save_grid(result, out, title=f"mask ratio {ratio:.2f}, masked-patch loss {loss:.4f}")
     return loss
+
+
+IBOT_COLUMNS = (
+    ("original", "original"),
+    ("masked", "block mask"),
+    ("teacher", "teacher prototypes"),
+    ("student", "student at masked"),
+)
+
+
+@torch.no_grad()
+def prototype_grid(model, imgs: torch.Tensor, out, generator: torch.Generator) -> float:
+    """iBOT: each image with a block mask drawn as in training, its patches coloured by
+    the teacher's argmax prototype (the online tokenizer's 'visual words'), and the
+    student's argmax at the masked patches (what it predicts there). Returns the share of
+    masked patches where the two agree."""
+    from ..masking import block_mask
+
+    model.eval()
+    n, p = imgs.shape[0], model.patch_embed.patch_size[0]
+    gh, gw = model.patch_embed.grid_size
+    rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    masks = torch.stack([block_mask(gh, gw, 0.4, rng) for _ in range(n)]).to(imgs.device)
+    _, t_patch = model.teacher(imgs)
+    _, s_patch = model.student(imgs, masks)
+    teacher = t_patch.argmax(-1).reshape(n, gh, gw)
+    student = s_patch.argmax(-1).reshape(n, gh, gw)
+    pixel = masks.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1).float()
+    original = denormalize(imgs)
+    shown = {
+        "original": original,
+        "masked": original * (1 - pixel) + 0.5 * pixel,
+        "teacher": _colour(teacher, p),
+        "student": _colour(student, p) * pixel + original * (1 - pixel) * 0.3,
+    }
+    agree = (teacher == student)[masks].float().mean().item() if masks.any() else 0.0
+    title = (
+        f"{model.center.shape[-1]} prototypes; student = teacher at {100 * agree:.0f}% of masked"
+    )
+    save_grid(shown, out, title=title, columns=IBOT_COLUMNS)
+    return agree
+
+
+def _colour(ids: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, h, w) prototype ids -> (N, 3, H, W) colours, one fixed colour per id."""
+    import colorsys
+
+    hue = (ids.float() * 0.618033988749895) % 1.0  # golden-ratio hues: neighbours differ
+    flat = [colorsys.hsv_to_rgb(h, 0.65, 0.95) for h in hue.flatten().tolist()]
+    rgb = torch.tensor(flat).reshape(*ids.shape, 3).permute(0, 3, 1, 2)
+    return rgb.repeat_interleave(patch, 2).repeat_interleave(patch, 3).to(ids.device)
