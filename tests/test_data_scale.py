@@ -81,6 +81,21 @@ def test_shard_epochs_are_seeded_and_unreadable_samples_named(tmp_path, image_fo
     assert not torch.equal(batches[0]["image"], other[0]["image"])
 
 
+def test_persistent_workers_follow_set_epoch(indexed_shards):
+    def order(loader):
+        return [label for batch in loader for label in batch["label"].tolist()]
+
+    ds = ShardDataset(indexed_shards, TO_TENSOR, seed=0, rank=0, world=1)
+    loader = ShardLoader(ds, 8, 2, False, collate)
+    first = order(loader)
+    ds.set_epoch(1)
+    second = order(loader)  # the same (persistent) workers, told the epoch through ds
+    fresh = ShardDataset(indexed_shards, TO_TENSOR, seed=0, rank=0, world=1)
+    fresh.set_epoch(1)
+    assert second == order(ShardLoader(fresh, 8, 2, False, collate)) != first
+    assert sorted(first) == sorted(second) == list(range(64))
+
+
 def test_too_few_shards_for_the_workers_is_one_line(indexed_shards):
     ds = ShardDataset(indexed_shards, TO_TENSOR, rank=0, world=8)
     with pytest.raises(UserError, match="8 shards for 8 processes x 2 workers"):

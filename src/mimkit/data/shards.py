@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,9 @@ def write_shards(
         maxsize=float("inf"),  # split by count only: counts must be known exactly
         post=finished,
         verbose=0,
+        # a whole-second mtime: webdataset's default (time.time(), a float) makes tarfile
+        # add a PAX header to every member, which doubles the header parsing when reading
+        mtime=int(time.time()),
     )
     missing = 0
     with writer:
@@ -212,10 +216,15 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.rank = node_rank if rank is None else rank
         self.world = node_world if world is None else world
         self.transform, self.seed, self.shuffle, self.max_side = transform, seed, shuffle, max_side
-        self.epoch = 0
+        # in shared memory: persistent DataLoader workers see set_epoch from the trainer
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return self.shards.num_samples // self.world
@@ -233,29 +242,31 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 "more, smaller shards (mimkit shards --shard-size) or use fewer workers"
             )
 
-    def epoch_urls(self) -> list[str]:
+    def epoch_urls(self, epoch: int) -> list[str]:
         """This epoch's shard order: a permutation drawn from seed + epoch."""
         urls = self.shards.urls
         if not self.shuffle:
             return list(urls)
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        g = torch.Generator().manual_seed(self.seed + epoch)
         return [urls[i] for i in torch.randperm(len(urls), generator=g).tolist()]
 
-    def slot_urls(self) -> list[str]:
+    def slot_urls(self, epoch: int) -> list[str]:
         """This (rank, worker) slot's shards: node split, then webdataset's worker split.
         (webdataset's ``split_by_node`` reads the rank from the environment; it is passed
         explicitly here so a dataset can be built for any rank.)"""
-        mine = self.epoch_urls()[self.rank :: self.world]
+        mine = self.epoch_urls(epoch)[self.rank :: self.world]
         return list(wds.split_by_worker(mine))
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         self.check_slots(workers)
+        epoch = self.epoch
+        samples = self._samples(self.slot_urls(epoch), epoch)
         # a fixed number of samples per worker, as webdataset's with_epoch
-        return itertools.islice(self._samples(self.slot_urls()), self.quota(worker, workers))
+        return itertools.islice(samples, self.quota(worker, workers))
 
-    def _samples(self, urls: list[str]):
+    def _samples(self, urls: list[str], epoch: int):
         """Endless: the slot's shards, started over when they run out. Skipped samples
         are named in the next yielded item's ``bad`` list."""
         bad: list[tuple[str, str]] = []
@@ -263,7 +274,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             got = 0
             for url in urls:
                 for sample in _read_shard(url, bad):
-                    item = self._decode(sample, rnd, bad)
+                    item = self._decode(sample, epoch, rnd, bad)
                     if item is not None:
                         got += 1
                         yield (*item, bad[:])
@@ -272,7 +283,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 where = f"{bad[0][0]}: {bad[0][1]}" if bad else "no samples"
                 raise UserError(f"no readable sample in shards {', '.join(urls)} ({where})")
 
-    def _decode(self, sample: dict, rnd: int, bad: list):
+    def _decode(self, sample: dict, epoch: int, rnd: int, bad: list):
         """(image, label), or None when the sample is skipped (and named in ``bad``)."""
         key = sample["__key__"]
         name = f"{shard_name(sample['__url__'])}:{key}"
@@ -288,7 +299,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             return None
         # a shard read again (its slot ran out) draws new augmentations for its samples
         ident = key if rnd == 0 else f"{key}#{rnd}"
-        with seeded(sample_seed(self.seed, self.epoch, zlib.crc32(ident.encode()))):
+        with seeded(sample_seed(self.seed, epoch, zlib.crc32(ident.encode()))):
             return self.transform(img), label
 
 
@@ -306,8 +317,8 @@ def _read_shard(url: str, bad: list):
 
 
 class ShardLoader:
-    """DataLoader over a ShardDataset with the interface the Trainer uses; workers are
-    not persistent so that ``set_epoch`` reaches them each epoch."""
+    """DataLoader over a ShardDataset with the interface the Trainer uses. Workers are
+    persistent: the epoch reaches them through the dataset's shared-memory counter."""
 
     def __init__(
         self, dataset: ShardDataset, batch_size: int, num_workers: int, pin_memory: bool, collate_fn
@@ -323,6 +334,7 @@ class ShardLoader:
             pin_memory=pin_memory,
             collate_fn=collate_fn,
             drop_last=True,
+            persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,
         )
 
