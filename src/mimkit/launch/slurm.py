@@ -125,9 +125,11 @@ def set_dist_env() -> None:
 
     env = submitit.JobEnvironment()
     per_node = env.num_tasks // max(env.num_nodes, 1)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1" if env.num_nodes == 1 else env.hostnames[0])
+    # set, not defaulted: sbatch exports the submitting shell's variables, which may hold
+    # a stale address from an earlier torchrun session
+    os.environ["MASTER_ADDR"] = "127.0.0.1" if env.num_nodes == 1 else env.hostnames[0]
     # every task of a job derives the same port from its id (a requeued job keeps it)
-    os.environ.setdefault("MASTER_PORT", str(20000 + zlib.crc32(env.job_id.encode()) % 20000))
+    os.environ["MASTER_PORT"] = str(20000 + zlib.crc32(env.job_id.encode()) % 20000)
     os.environ.update(
         RANK=str(env.global_rank),
         WORLD_SIZE=str(env.num_tasks),
