@@ -177,12 +177,32 @@ def test_visualize_official_file(tmp_path, reference, image_folder, capsys):
     assert code == 0, err  # heads inferred (64 -> 1): still a valid model to draw from
 
 
-def test_every_command_has_help():
-    for cmd in ("pretrain", "visualize", "configs", "models"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "mimkit", cmd, "--help"], capture_output=True, text=True
-        )
-        assert proc.returncode == 0 and len(proc.stdout.splitlines()) > 3, cmd
+def test_every_command_has_help(capsys):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mimkit", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "pretrain" in proc.stdout  # the entry point itself
+    commands = [
+        "pretrain",
+        "visualize",
+        "configs",
+        "models",
+        "knn",
+        "linprobe",
+        "finetune",
+        "qscore",
+        "train",
+        "predict",
+        "export",
+        "benchmark",
+        "shards",
+        "detect",
+    ]
+    for cmd in commands:
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and len(out.splitlines()) > 3, cmd
 
 
 def test_configs_and_models_lists(capsys):

@@ -48,7 +48,7 @@ def ibot_run(tmp_path_factory, labeled_root) -> Path:
 def test_pretrain_logs_both_losses_and_schedules(ibot_run):
     rows = [json.loads(line) for line in (ibot_run / "log.jsonl").read_text().splitlines()]
     epoch = [r for r in rows if r["kind"] == "epoch"][-1]
-    for key in ("cls_loss", "patch_loss", "teacher_temp", "momentum", "agreement", "loss"):
+    for key in ("cls_loss", "patch_loss", "teacher_temp", "ema_momentum", "agreement", "loss"):
         assert key in epoch, key
     assert epoch["loss"] == pytest.approx(epoch["cls_loss"] + epoch["patch_loss"], rel=1e-4)
     state = torch.load(ibot_run / "checkpoint-last.pth", weights_only=True)

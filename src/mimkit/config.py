@@ -71,6 +71,9 @@ class DataConfig:
     pipeline: Pipeline = Pipeline.files  # files | tensor_cache | gpu_jpeg | shards
     cache_dir: str | None = None  # tensor cache; default ~/.cache/mimkit/tensors
     cache_size: int | None = None  # stored image size for tensor_cache; default img_size
+    num_samples: int | None = None  # samples in shard URLs without a shards.json (required)
+    image_key: str | None = None  # hf: image column; default: found (Image feature, bytes)
+    label_key: str | None = None  # hf: label column; default: the ClassLabel column
 
 
 @dataclass
@@ -100,7 +103,13 @@ class TrainConfig:
     compile: bool = False
     grad_checkpointing: bool = False  # recompute block activations in backward (large models)
     fsdp: bool = False  # shard parameters/gradients/optimizer per block (FSDP2; torchrun)
-    tensorboard: bool = True  # when the tensorboard package is installed
+    tensorboard: bool = True  # false removes tensorboard from train.loggers (older key)
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # + wandb mlflow csv
+    run_name: str | None = None  # tracker run name; default: the run folder's name
+    tags: list[str] = field(default_factory=list)  # W&B tags, MLflow tags
+    wandb_project: str = "mimkit"  # W&B project (WANDB_MODE=offline is respected)
+    mlflow_uri: str | None = None  # default: sqlite database in <run>/mlruns
+    mlflow_experiment: str = "mimkit"
     max_steps: int | None = None  # stop early (smoke runs)
     dist_timeout_min: float = 10.0  # a collective waiting longer fails instead of hanging
     max_abs_weight: float | None = 1e4  # weights beyond count as diverged and are not saved

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for --slurm resubmission
     code = 1
     try:
         code = args.func(args) or 0

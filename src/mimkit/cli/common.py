@@ -6,7 +6,7 @@ import argparse
 
 from .. import config as config_lib
 from ..recipes.registry import get_recipe
-from ..recipes.run import resolve
+from ..recipes.run import planned_run_dir, resolve
 
 
 def add_training_flags(p: argparse.ArgumentParser, recipe: str, checkpoint: bool = False) -> None:
@@ -31,6 +31,14 @@ def add_training_flags(p: argparse.ArgumentParser, recipe: str, checkpoint: bool
             "--resume",
             metavar="PATH",
             help="continue exactly from a checkpoint file or a run folder",
+        )
+    if r.trains:
+        p.add_argument(
+            "--slurm",
+            metavar="SPEC",
+            help="submit to Slurm through submitit instead of running here, e.g. "
+            "nodes=2,gpus_per_node=8,partition=X,time=72:00:00 (requeued and resumed on "
+            "preemption)",
         )
     if checkpoint:
         p.add_argument(
@@ -81,7 +89,8 @@ def _quote(v) -> str:
 
 def resolve_config(args, task: str):
     """(config, resume path) from preset + flags + overrides (a resumed run's saved config
-    is the base); prints it and returns None for --dry-run."""
+    is the base). None when nothing is to run here: --dry-run prints the config, --slurm
+    submits the same command to Slurm."""
     cfg, resume = resolve(
         task,
         args.config,
@@ -91,5 +100,10 @@ def resolve_config(args, task: str):
     )
     if args.dry_run:
         print(config_lib.to_yaml(cfg), end="")
+        return None
+    if getattr(args, "slurm", None):
+        from ..launch.slurm import maybe_submit
+
+        maybe_submit(args.argv, args.slurm, planned_run_dir(cfg))
         return None
     return cfg, resume

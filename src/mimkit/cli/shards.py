@@ -1,4 +1,5 @@
-"""``mimkit shards``: pack an image folder into WebDataset-style tar shards."""
+"""``mimkit shards``: pack an image folder into WebDataset tar shards (webdataset's
+ShardWriter)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "shards",
         help="write an image folder as tar shards (data.pipeline=shards)",
-        description="Pack images (and class-folder labels) into tar shards of N samples "
-        "(<key>.jpg + <key>.cls) with a shards.json index, for streaming with "
-        "data.pipeline=shards. Use at least processes x workers shards.",
+        description="Pack images (and class-folder labels) into WebDataset tar shards of N "
+        "samples (<key>.jpg + <key>.cls) with a shards.json index. Train from them with "
+        "--data OUT, or, once copied elsewhere, with a URL pattern "
+        "(--data 'https://host/shard-{000000..000099}.tar' or 'pipe:aws s3 cp "
+        "s3://bucket/shard-{000000..000099}.tar -') and data.num_samples=N. Use at least "
+        "processes x workers shards.",
     )
     p.add_argument("--data", required=True, help="image folder (class subfolders give labels)")
     p.add_argument("--file-list", help="EasyCV-style list of paths (and labels) under --data")
@@ -24,5 +28,6 @@ def add_parser(sub) -> None:
 def cmd_shards(args) -> int:
     source = open_source(args.data, args.file_list)
     paths = write_shards(source, args.out, args.shard_size)
-    print(f"wrote {len(paths)} shards ({len(source)} images) to {args.out}")
+    last = paths[-1].name if paths else ""
+    print(f"wrote {len(paths)} shards ({len(source)} images) to {args.out} (last: {last})")
     return 0

@@ -43,7 +43,7 @@ class ImageDataset(torch.utils.data.Dataset):
         for step in range(self.max_skip):
             j = (index + step) % len(self.source)
             try:
-                img = open_rgb(self.source.paths[j], self.max_side)
+                img = open_rgb(self.source.read(j), self.max_side)
                 break
             except Exception as e:  # any decode failure: PIL raises many types
                 bad.append((self.source.paths[j], failure_reason(e)))

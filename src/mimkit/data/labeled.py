@@ -20,11 +20,21 @@ class Splits:
 
 
 def open_splits(
-    root: str | None, train_list: str | None = None, val_list: str | None = None
+    root: str | None,
+    train_list: str | None = None,
+    val_list: str | None = None,
+    image_key: str | None = None,
+    label_key: str | None = None,
 ) -> Splits:
-    """Both splits with one class list; a missing split or mismatched classes is an error."""
+    """Both splits with one class list; a missing split or mismatched classes is an error.
+    ``hf:DIR`` / ``hf:parquet:DIR``: train and validation splits of a Hugging Face dataset
+    (``image_key`` / ``label_key`` name its columns; found when None)."""
     if not root:
         raise UserError(f"no data given: pass --data ROOT laid out as {_LAYOUT}")
+    if str(root).startswith("hf:"):
+        from .hf import open_hf_splits
+
+        return Splits(*open_hf_splits(str(root), image_key, label_key))
     if train_list or val_list:
         if not (train_list and val_list):
             raise UserError("file lists need both data.file_list (train) and data.val_list")

@@ -4,13 +4,16 @@
 - ``tensor_cache``: decoded once into a uint8 tensor cache, held on the device,
   augmented there in batches (small datasets: CIFAR, low-resolution ImageNet);
 - ``gpu_jpeg``: workers read bytes, the device decodes the batch (nvJPEG) and augments;
-- ``shards``: WebDataset-style tar shards streamed by CPU workers.
+- ``shards``: WebDataset tar shards (a local folder, URL patterns, ``pipe:`` commands)
+  streamed by CPU workers through the ``webdataset`` library.
+
+``--data hf:DIR`` / ``hf:parquet:DIR`` (Hugging Face datasets) read rows of a memory-mapped
+table through the ``files`` pipeline.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -20,7 +23,7 @@ from ..utils.cache import cache_root
 from .datasets import ImageDataset, collate
 from .jpeg import DeviceJpegLoader
 from .loader import EpochSampler, build_loader
-from .shards import ShardDataset, ShardLoader, read_index
+from .shards import ShardDataset, ShardLoader, ShardSet, is_shard_spec, open_shards
 from .sources import ImageSource, open_source
 from .tensor_cache import TensorCacheLoader, load_tensor_cache
 from .transforms import pretrain_transform
@@ -30,17 +33,41 @@ from .transforms import pretrain_transform
 class PretrainData:
     pipeline: str
     num_images: int
-    source: ImageSource | None = None
-    shard_dir: Path | None = None
+    source: ImageSource | None = None  # image files (None for shards and hf: tables)
+    shards: ShardSet | None = None
+    hf: ImageSource | None = None  # rows of a Hugging Face dataset (read through .read(i))
 
 
-def open_pretrain_data(pipeline: str, path: str | None, file_list: str | None) -> PretrainData:
-    """Check the data exists and count it, before any model is built."""
+def open_pretrain_data(
+    pipeline: str,
+    path: str | None,
+    file_list: str | None,
+    num_samples: int | None = None,
+    image_key: str | None = None,
+    label_key: str | None = None,
+) -> PretrainData:
+    """Check the data exists and count it, before any model is built. Shards named by
+    ``--data`` (a folder with shards.json, a URL pattern, ``pipe:``) select the shards
+    pipeline under the default ``files``; ``num_samples`` (data.num_samples) counts shards
+    without an index."""
+    if pipeline == "files" and not file_list and is_shard_spec(path):
+        pipeline = "shards"
     if pipeline == "shards":
         if not path:
-            raise UserError("no data given: pass --data SHARD_FOLDER (with shards.json)")
-        _, counts = read_index(path)
-        return PretrainData(pipeline, sum(counts), shard_dir=Path(path))
+            raise UserError(
+                "no data given: pass --data SHARDS (a folder with shards.json, a URL "
+                "pattern such as /data/train-{000000..000099}.tar, or pipe:COMMAND)"
+            )
+        shards = open_shards(path, num_samples)
+        return PretrainData(pipeline, shards.num_samples, shards=shards)
+    if path and str(path).startswith("hf:"):
+        if pipeline != "files":
+            raise UserError(
+                f"--data {path} is read with data.pipeline=files (the {pipeline} pipeline "
+                "reads image files)"
+            )
+        source = open_source(path, image_key=image_key, label_key=label_key)
+        return PretrainData(pipeline, len(source), hf=source)
     source = open_source(path, file_list)
     return PretrainData(pipeline, len(source), source=source)
 
@@ -66,12 +93,12 @@ def build_pretrain_loader(
     transform = transform or pretrain_transform(img_size, scale[0], hflip)
     collate_fn = collate_fn or collate
     if data.pipeline == "shards":
-        ds = ShardDataset(data.shard_dir, transform, seed, rank, world)
+        ds = ShardDataset(data.shards, transform, seed, rank, world, max_side=4 * img_size)
         return ShardLoader(ds, batch_size, num_workers, pin, collate_fn)
     sampler = EpochSampler(data.num_images, shuffle=True, seed=seed, rank=rank, world=world)
     if data.pipeline == "files":
         # large images are decoded at a reduced scale, still 4x the crop's output size
-        ds = ImageDataset(data.source, transform, max_side=4 * img_size)
+        ds = ImageDataset(data.source or data.hf, transform, max_side=4 * img_size)
         return build_loader(ds, batch_size, sampler, num_workers, True, pin, collate_fn)
     if data.pipeline == "gpu_jpeg":
         return DeviceJpegLoader(

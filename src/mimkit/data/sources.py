@@ -1,4 +1,5 @@
-"""Where images come from: a folder searched recursively, or a file list.
+"""Where images come from: a folder searched recursively, a file list, or a Hugging Face
+dataset (``hf:``, see ``data.hf``).
 
 A source is a list of paths plus optional integer labels (class subfolders or a
 ``path label`` file list). Empty sources fail here, before any model is built.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +22,22 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 @dataclass
 class ImageSource:
-    paths: list[str]
+    """``paths`` name the entries (file paths; for a ``reader`` source, names used in
+    messages and caches). ``reader``: entry index -> encoded bytes, for entries that are
+    not files (rows of an Arrow table); None reads ``paths[i]`` from disk."""
+
+    paths: Sequence[str]
     labels: list[int] | None = None
     classes: list[str] = field(default_factory=list)
     root: str = ""
+    reader: Callable[[int], bytes | str] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def read(self, i: int) -> str | bytes:
+        """What ``images.open_rgb`` opens for entry ``i``: a file path or encoded bytes."""
+        return self.paths[i] if self.reader is None else self.reader(i)
 
 
 def folder_source(root: str | Path) -> ImageSource:
@@ -134,9 +145,20 @@ def _is_int(s: str) -> bool:
         return False
 
 
-def open_source(path: str | None, file_list: str | None = None) -> ImageSource:
+def open_source(
+    path: str | None,
+    file_list: str | None = None,
+    image_key: str | None = None,
+    label_key: str | None = None,
+) -> ImageSource:
+    """A folder, a file list under ``path``, or ``hf:DIR`` / ``hf:parquet:DIR`` (with the
+    image and label columns ``image_key`` / ``label_key``, found when None)."""
     if not path:
         raise UserError("no data given: pass --data PATH (a folder of images) or data.path=PATH")
+    if str(path).startswith("hf:"):
+        from .hf import open_hf_source
+
+        return open_hf_source(str(path), image_key, label_key)
     return file_list_source(path, file_list) if file_list else folder_source(path)
 
 

@@ -578,7 +578,7 @@ class IBOTTask:
         optimizer.param_groups[0]["weight_decay"] = _at(self.wd, step)
         temps = _at(self.cls_temp, epoch), _at(self.patch_temp, epoch)
         dist.unwrap(model).set_teacher_temps(*temps)
-        self.logged = {"teacher_temp": temps[0], "momentum": _at(self.momentum, step)}
+        self.logged = {"teacher_temp": temps[0], "ema_momentum": _at(self.momentum, step)}
 
     def before_optimizer_step(self, model: nn.Module, epoch: int) -> None:
         ibot = dist.unwrap(model)

@@ -65,7 +65,9 @@ def linprobe(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
     """BatchNorm (no affine) + linear head on the frozen backbone; with cached features
     when there is no augmentation (the encoder runs once)."""
     ctx = start(cfg, resume)
-    splits = open_splits(cfg.data.path, cfg.data.file_list, cfg.data.val_list)
+    splits = open_splits(
+        cfg.data.path, cfg.data.file_list, cfg.data.val_list, cfg.data.image_key, cfg.data.label_key
+    )
     ctx.run_dir()
     backbone, _ = load_backbone(cfg, ctx.device)
     set_pool(backbone, str(cfg.eval.pool))
@@ -117,7 +119,9 @@ def finetune(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
     ``finetune.trainable_blocks``."""
     ctx = start(cfg, resume)
     ft = cfg.finetune
-    splits = open_splits(cfg.data.path, cfg.data.file_list, cfg.data.val_list)
+    splits = open_splits(
+        cfg.data.path, cfg.data.file_list, cfg.data.val_list, cfg.data.image_key, cfg.data.label_key
+    )
     ctx.run_dir()
     model, report = load_backbone(
         cfg,
@@ -222,8 +226,8 @@ def _fit_classifier(
     }
     out = ctx.run_dir()
     picture = write_metrics(out, metrics, splits.classes, title)
-    if dist.is_main():
-        plot_curves(out / "log.jsonl", out / "curves.png")
+    curves = plot_curves(out / "log.jsonl", out / "curves.png") if dist.is_main() else None
+    ctx.finish([picture, curves])
     best = out / "checkpoint-best.pth"
     return ClassifyResult(
         out=out,

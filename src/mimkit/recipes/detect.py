@@ -160,6 +160,7 @@ def train(cfg: config_lib.Config, resume: Path | None = None) -> DetectResult:
     fitted = fit(ctx, task, model, make_optimizer, loader, lr, meta, monitor="val/bbox_AP")
     metrics = {"checkpoint": cfg.model.checkpoint or "none", **task.last_metrics}
     write_metrics(out, metrics)
+    ctx.finish()
     best = out / "checkpoint-best.pth"
     return DetectResult(
         out=out,

@@ -8,7 +8,6 @@ from pathlib import Path
 from .. import config as config_lib
 from ..data import open_splits
 from ..engine import distributed as dist
-from ..engine.logging import RunLogger
 from ..eval.features import set_pool
 from ..eval.knn import knn_scores
 from ..eval.metrics import classification_metrics
@@ -22,7 +21,9 @@ log = logging.getLogger("mimkit")
 
 def run(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResult:
     ctx = start(cfg)
-    splits = open_splits(cfg.data.path, cfg.data.file_list, cfg.data.val_list)
+    splits = open_splits(
+        cfg.data.path, cfg.data.file_list, cfg.data.val_list, cfg.data.image_key, cfg.data.label_key
+    )
     out = ctx.run_dir()
     model, _ = load_backbone(cfg, ctx.device)
     set_pool(model, str(cfg.eval.pool))
@@ -52,13 +53,14 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResult:
         "num_train": n_train,
         "skipped_images": len(skipped),
     }
-    RunLogger(out, False).write(
-        {"kind": "eval", **{f"knn{k}/top1": m["top1"] for k, m in per_k.items()}}
+    ctx.logger().write(
+        {"kind": "eval", "step": 0, **{f"knn{k}/top1": m["top1"] for k, m in per_k.items()}}
     )
     if dist.is_main():
         for k, m in per_k.items():
             print(f"k={k:<4d} top-1 {m['top1']:6.2f}%  top-5 {m['top5']:6.2f}%")
     picture = write_metrics(out, metrics, splits.classes, f"kNN (k={best})")
+    ctx.finish([picture])
     metrics["per_k"] = metrics.pop("k")
     return ClassifyResult(out=out, metrics=metrics, config=cfg, picture=picture)
 

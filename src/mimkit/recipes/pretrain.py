@@ -78,7 +78,14 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> PretrainResult:
     """Everything a pretraining run does, from config to checkpoints and pictures."""
     ctx = start(cfg, resume)
     # fails before any model is built or folder made when the data is missing or empty
-    data = open_pretrain_data(str(cfg.data.pipeline), cfg.data.path, cfg.data.file_list)
+    data = open_pretrain_data(
+        str(cfg.data.pipeline),
+        cfg.data.path,
+        cfg.data.file_list,
+        cfg.data.num_samples,
+        cfg.data.image_key,
+        cfg.data.label_key,
+    )
     per_rank = -(-data.num_images // dist.world_size())
     if per_rank < cfg.data.batch_size:
         raise UserError(
@@ -109,7 +116,8 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> PretrainResult:
     if dist.is_main():
         if cfg.train.fsdp:  # the sharded model cannot run on one rank: reload the weights
             model = _reload(out, ctx.device)
-        pictures = _pictures(model, data.source, out, cfg, ctx.device)
+        pictures = _pictures(model, data.source or data.hf, out, cfg, ctx.device)
+    ctx.finish(pictures)
     return PretrainResult(
         out=out,
         metrics=fitted.last,
@@ -149,11 +157,11 @@ def _pictures(model, source, out: Path, cfg: config_lib.Config, device) -> list[
     from ..viz.recon import reconstruction_grid
 
     written = [plot_curves(out / "log.jsonl", out / "loss.png")]
-    if source is not None:
+    if source is not None:  # shards: no random access to draw from
         step = max(1, len(source) // 8)
         reconstruction_grid(
             model,
-            source.paths[::step][:8],
+            [source.read(i) for i in range(0, len(source), step)][:8],
             out / "reconstructions.png",
             cfg.model.mask_ratio,
             seed=cfg.train.seed,

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .. import config as config_lib
-from ..data import eval_transform, folder_source, open_splits
+from ..data import eval_transform, open_source, open_splits
 from ..engine import distributed as dist
 from ..errors import UserError
 from ..eval.features import extract, set_pool
@@ -29,12 +29,13 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> QscoreResult:
     model, _ = load_backbone(cfg, ctx.device)
     set_pool(model, str(cfg.eval.pool))
     labeled = cfg.data.val_list or (Path(cfg.data.path or "") / "train").is_dir()
+    labeled = labeled or str(cfg.data.path or "").startswith("hf:") and cfg.data.label_key
     if labeled:
         target, pred, classes, k = _with_knn(ctx, model)
     else:
         if not cfg.data.path:
             raise UserError("no data given: pass --data PATH (a folder, or ROOT with train/ val/)")
-        source = folder_source(cfg.data.path)
+        source = open_source(cfg.data.path, image_key=cfg.data.image_key)
         transform = eval_transform(input_size(model))
         target = extract(
             model,
@@ -61,7 +62,8 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> QscoreResult:
 
 def _with_knn(ctx: RunContext, model) -> tuple:
     cfg = ctx.cfg
-    splits = open_splits(cfg.data.path, cfg.data.file_list, cfg.data.val_list)
+    d = cfg.data
+    splits = open_splits(d.path, d.file_list, d.val_list, d.image_key, d.label_key)
     train, val, _ = split_features(ctx, model, splits)
     k = 20 if 20 in cfg.eval.knn_k else cfg.eval.knn_k[0]
     votes = knn_scores(

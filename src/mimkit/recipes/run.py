@@ -23,6 +23,7 @@ from ..engine.checkpoint import LAST, load_training_state, resume_path
 from ..engine.logging import RunLogger, setup_console
 from ..engine.loop import LoopConfig, Trainer
 from ..engine.schedule import effective_lr
+from ..engine.trackers import select_loggers
 from ..errors import UserError
 from ..utils.io import atomic_write_text, remove_stale_temps
 from ..utils.rng import seed_all
@@ -71,6 +72,7 @@ class RunContext:
     precision: str
     resume: Path | None = None
     out: Path | None = None
+    _logger: RunLogger | None = None
 
     @property
     def effective_batch(self) -> int:
@@ -107,7 +109,30 @@ class RunContext:
         return LoopConfig(**{**settings, **changes})
 
     def logger(self) -> RunLogger:
-        return RunLogger(self.run_dir(), self.cfg.train.tensorboard)
+        """The run's log.jsonl and trackers (train.loggers: TensorBoard, W&B, MLflow, CSV),
+        made once: the Trainer writes to it, the recipe adds its pictures after fit."""
+        if self._logger is None:
+            t, out = self.cfg.train, self.run_dir()
+            self._logger = RunLogger(
+                out,
+                loggers=select_loggers(t.loggers, t.tensorboard),
+                config=config_lib.to_dict(self.cfg),
+                run_name=t.run_name or out.name,
+                project=t.wandb_project,
+                tags=t.tags,
+                mlflow_uri=t.mlflow_uri,
+                mlflow_experiment=t.mlflow_experiment,
+            )
+        return self._logger
+
+    def finish(self, pictures: list[Path | None] = ()) -> None:
+        """Log the run's pictures to the trackers and end their runs."""
+        if self._logger is None:
+            return
+        for picture in pictures:
+            if picture is not None:
+                self._logger.log_image(picture)
+        self._logger.finish()
 
 
 def start(cfg: config_lib.Config, resume: Path | None = None) -> RunContext:
@@ -151,6 +176,11 @@ def save_config(cfg: config_lib.Config) -> None:
     """The resolved config into the run folder (rank 0)."""
     if dist.is_main():
         atomic_write_text(Path(cfg.out) / "config.yaml", config_lib.to_yaml(cfg))
+
+
+def planned_run_dir(cfg: config_lib.Config) -> Path:
+    """The folder a run of ``cfg`` will write (``out``, or the free runs/<name>)."""
+    return Path(cfg.out) if cfg.out else _free_dir(Path("runs") / (cfg.name or cfg.task))
 
 
 def _free_dir(path: Path) -> Path:

@@ -1,0 +1,1 @@
+"""Launching jobs elsewhere: Slurm through submitit (``slurm``)."""
