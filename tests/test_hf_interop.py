@@ -376,3 +376,38 @@ def test_lomar_and_convmixer_are_refused(tmp_path):
     convmixer = mimkit.create_model("convmixer_256_8", depth=1)
     with pytest.raises(UserError, match="ConvMixer has no transformers counterpart"):
         export_hf(convmixer, tmp_path)
+
+
+def test_cli_export_hf_and_any_checkpoint_flag_reads_the_folder(
+    tmp_path, tiny_mae_ckpt, labeled_root
+):
+    from transformers import AutoModel, ViTMAEForPreTraining
+
+    from mimkit.cli import main
+
+    out = tmp_path / "hf"
+    assert (
+        main(["export", "--checkpoint", str(tiny_mae_ckpt), "--format", "hf", "--out", str(out)])
+        == 0
+    )
+    assert isinstance(ViTMAEForPreTraining.from_pretrained(out), ViTMAEForPreTraining)
+    assert AutoModel.from_pretrained(out) is not None
+    ours = mimkit.interop.checkpoint.model_from_checkpoint(tiny_mae_ckpt, kind="pretrain")[0]
+    back = mimkit.interop.checkpoint.model_from_checkpoint(out, kind="pretrain")[0]
+    for k, v in ours.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]), k
+    knn = tmp_path / "knn"
+    code = main(
+        [
+            "knn",
+            "--checkpoint",
+            str(out),
+            "--data",
+            str(labeled_root),
+            "--out",
+            str(knn),
+            "eval.cache_dir=none",
+            "data.num_workers=0",
+        ]
+    )
+    assert code == 0 and (knn / "metrics.json").is_file()

@@ -46,6 +46,11 @@ def add_training_flags(p: argparse.ArgumentParser, recipe: str, checkpoint: bool
             help="backbone (model.checkpoint): mimkit, official MAE/iBOT, timm or Hugging Face "
             "weights; 'none' = random init of model.name",
         )
+        p.add_argument(
+            "--model",
+            help="model.name: with --checkpoint none a random-init backbone; timm:NAME (e.g. "
+            "timm:resnet50) any timm model, its weights from --checkpoint FILE",
+        )
         p.add_argument("--pool", choices=("cls", "avg"), help="features from cls token or average")
     add_trust_flag(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -75,6 +80,7 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         "data.batch_size": args.batch_size,
         "train.device": args.device,
         "model.checkpoint": getattr(args, "checkpoint", None),
+        "model.name": getattr(args, "model", None),
         "eval.pool": getattr(args, "pool", None),
     }
     return [f"{k}={_quote(v)}" for k, v in pairs.items() if v is not None]

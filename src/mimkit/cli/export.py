@@ -9,7 +9,7 @@ from ..engine.logging import setup_console
 from ..interop import export
 from ..interop.checkpoint import model_from_checkpoint
 from ..interop.fold import fold_batchnorm
-from ..models import input_size
+from ..models import create_model, input_size
 from .common import add_trust_flag
 
 log = logging.getLogger("mimkit")
@@ -18,26 +18,40 @@ log = logging.getLogger("mimkit")
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="export to timm (safetensors), TorchScript or ONNX",
+        help="export to timm (safetensors), Hugging Face transformers, TorchScript or ONNX",
         description="Export an encoder or fine-tuned classifier. --format timm writes timm's "
-        "VisionTransformer layout and a JSON with the timm.create_model arguments; "
+        "VisionTransformer layout and a JSON with the timm.create_model arguments; --format hf "
+        "a transformers folder (ViTMAEForPreTraining for an MAE checkpoint, ViTMAEModel for an "
+        "encoder, ViTForImageClassification / BeitForImageClassification for a classifier); "
         "torchscript and onnx export a classifier (images -> logits) or an encoder "
         "(images -> pooled features); input: normalised images.",
     )
     p.add_argument("--checkpoint", required=True, help="mimkit or official MAE checkpoint")
+    p.add_argument("--model", help="timm:NAME: a timm model, its weights from --checkpoint")
     add_trust_flag(p)
-    p.add_argument("--format", choices=("timm", "torchscript", "onnx"), default="timm")
+    p.add_argument("--format", choices=("timm", "hf", "torchscript", "onnx"), default="timm")
     p.add_argument(
         "--out",
         required=True,
-        help="output file (.safetensors, .pt or .onnx), or a folder (model.<ext> inside)",
+        help="output file (.safetensors, .pt or .onnx), or a folder (model.<ext> inside; "
+        "for hf: the transformers folder)",
     )
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
     setup_console()
-    model, _ = model_from_checkpoint(args.checkpoint, kind="encoder", trust=args.trust_checkpoint)
+    if args.format == "hf":
+        from ..interop.hf import export_hf_checkpoint, hf_usage
+
+        out = export_hf_checkpoint(args.checkpoint, args.out, trust=args.trust_checkpoint)
+        print(f"wrote {out}: {hf_usage(out)}")
+        return 0
+    if args.model:  # a timm model from its own weights file (timm's layout)
+        model = create_model(args.model, checkpoint=args.checkpoint)
+    else:
+        trust = args.trust_checkpoint
+        model, _ = model_from_checkpoint(args.checkpoint, kind="encoder", trust=trust)
     out = export.output_path(args.out, args.format)
     if args.format == "timm":
         recipe = export.export_timm(model, out)

@@ -12,6 +12,7 @@ from ..engine.logging import setup_console
 from ..errors import UserError
 from ..eval.predict import class_names, predict_files
 from ..interop.checkpoint import model_from_checkpoint, read_checkpoint
+from ..models import create_model
 from .common import add_trust_flag
 
 
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("paths", nargs="*", help="image files and/or folders")
     p.add_argument("--images", nargs="+", default=[], help="image files and/or folders (same)")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", help="timm:NAME: a timm classifier, its weights from --checkpoint")
     add_trust_flag(p)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
@@ -46,13 +48,17 @@ def cmd_predict(args) -> int:
         raise UserError("no images given: mimkit predict --checkpoint CKPT --images a.jpg dir/")
     files = collect_images([*args.paths, *args.images])
     device = dist.resolve_device(args.device)
-    ckpt = read_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
-    model, _ = model_from_checkpoint(ckpt, kind="encoder")
+    if args.model:  # a timm model from its own weights file (timm's layout)
+        model, saved = create_model(args.model, checkpoint=args.checkpoint), None
+    else:
+        ckpt = read_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
+        model, _ = model_from_checkpoint(ckpt, kind="encoder")
+        saved = ckpt.meta.get("classes")
     if not getattr(model, "num_classes", 0):
         raise UserError(
             f"{args.checkpoint} has no classifier head: fine-tune it first (mimkit finetune)"
         )
-    classes = class_names(args.classes, ckpt.meta.get("classes"), model.num_classes)
+    classes = class_names(args.classes, saved, model.num_classes)
     rows = predict_files(
         model, files, classes, device, args.topk, args.batch_size, args.num_workers
     )

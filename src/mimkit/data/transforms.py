@@ -10,12 +10,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _to_normalized_tensor() -> list:
+def _to_normalized_tensor(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list:
     return [
         T.PILToTensor(),
         T.ToDtype(torch.float32, scale=True),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.Normalize(mean, std),
     ]
+
+
+_MODES = {
+    "bicubic": InterpolationMode.BICUBIC,
+    "bilinear": InterpolationMode.BILINEAR,
+    "nearest": InterpolationMode.NEAREST,
+}
 
 
 def pretrain_transform(img_size: int, min_scale: float = 0.2, hflip: bool = True) -> T.Compose:
@@ -30,17 +37,25 @@ def pretrain_transform(img_size: int, min_scale: float = 0.2, hflip: bool = True
     return T.Compose(ops + _to_normalized_tensor())
 
 
-def eval_transform(img_size: int, crop_pct: float = 224 / 256) -> T.Compose:
-    """Resize the short side to img_size / crop_pct (bicubic), centre crop (MAE evaluation).
+def eval_transform(
+    img_size: int,
+    crop_pct: float = 224 / 256,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    interpolation: str = "bicubic",
+) -> T.Compose:
+    """Resize the short side to img_size / crop_pct, centre crop (MAE evaluation; a timm
+    backbone's own ``pretrained_cfg`` gives crop_pct, mean, std and interpolation).
 
     For tiny images (img_size < 64, e.g. CIFAR) no crop: resize straight to img_size.
     """
+    mode = _MODES.get(interpolation, InterpolationMode.BICUBIC)
     if img_size < 64:
-        ops = [T.Resize((img_size, img_size), interpolation=InterpolationMode.BICUBIC)]
+        ops = [T.Resize((img_size, img_size), interpolation=mode)]
     else:
         resize = int(round(img_size / crop_pct))
-        ops = [T.Resize(resize, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(img_size)]
-    return T.Compose(ops + _to_normalized_tensor())
+        ops = [T.Resize(resize, interpolation=mode), T.CenterCrop(img_size)]
+    return T.Compose(ops + _to_normalized_tensor(mean, std))
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
@@ -50,13 +65,13 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     return (x * std + mean).clamp(0, 1)
 
 
-def linprobe_transform(img_size: int) -> T.Compose:
+def linprobe_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:
     """MAE linear probing augmentation: RandomResizedCrop (bicubic) + flip."""
     return T.Compose(
         [
             T.RandomResizedCrop(img_size, interpolation=InterpolationMode.BICUBIC),
             T.RandomHorizontalFlip(),
-            *_to_normalized_tensor(),
+            *_to_normalized_tensor(mean, std),
         ]
     )
 
@@ -67,6 +82,8 @@ def finetune_transform(
     reprob: float,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
 ):
     """MAE fine-tuning augmentation, built by timm's ``create_transform`` as the official
     code: RandomResizedCrop (bicubic) + flip + RandAugment + random erasing (pixel mode).
@@ -85,8 +102,8 @@ def finetune_transform(
         re_prob=reprob,
         re_mode="pixel",
         re_count=1,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=tuple(mean),
+        std=tuple(std),
     )
 
 

@@ -11,7 +11,7 @@ from ..data import eval_transform
 from ..data.images import failure_reason, open_rgb
 from ..engine import precision as precision_lib
 from ..errors import UserError
-from ..models import input_size
+from ..models import preprocessing
 
 log = logging.getLogger("mimkit")
 
@@ -50,7 +50,7 @@ def predict_files(
     """One row per readable image: {'path', 'top': [{'class', 'prob'}, ...]}; unreadable
     images are skipped with a warning naming the reason."""
     loader = torch.utils.data.DataLoader(
-        _Files(files, eval_transform(input_size(model))),
+        _Files(files, eval_transform(**preprocessing(model))),
         batch_size=batch_size,
         num_workers=min(num_workers, len(files)),
         collate_fn=_collate,

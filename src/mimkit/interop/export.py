@@ -47,6 +47,14 @@ def export_timm(model, out: str | Path) -> dict:
     timm.create_model(model_name, pretrained=True,
                       pretrained_cfg_overlay=dict(file=out, num_classes=...), **kwargs)
     """
+    name = getattr(model, "model_name", "")
+    if name.startswith("timm:"):  # already a timm model: its own weights and arguments
+        kwargs = dict(model.arch_config())
+        if not hasattr(model, "patch_embed"):  # img_size only sized the transforms (CNNs)
+            kwargs.pop("img_size", None)
+        recipe = {"model_name": name[len("timm:") :], "kwargs": kwargs}
+        recipe["kwargs"].setdefault("num_classes", getattr(model, "num_classes", 0))
+        return _write_timm(model, out, recipe)
     if not hasattr(model, "arch_config") or not hasattr(model, "patch_embed"):
         raise UserError("--format timm exports ViT encoders and classifiers only")
     if getattr(model, "rel_pos", None):
@@ -55,12 +63,15 @@ def export_timm(model, out: str | Path) -> dict:
             "load there: --format torchscript or onnx export its features (or a fine-tuned "
             "classifier's logits)"
         )
+    return _write_timm(model, out, timm_recipe(model))
+
+
+def _write_timm(model, out: str | Path, recipe: dict) -> dict:
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(
             f"timm export writes safetensors: name the file *.safetensors, not {out.name}"
         )
-    recipe = timm_recipe(model)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(out), metadata={"format": "pt", "timm_model": recipe["model_name"]})

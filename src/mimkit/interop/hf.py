@@ -165,13 +165,13 @@ def export_hf(model, out_dir: str | Path, class_names: Sequence[str] | None = No
     return out
 
 
-def export_hf_checkpoint(source, out_dir: str | Path) -> Path:
+def export_hf_checkpoint(source, out_dir: str | Path, trust: bool = False) -> Path:
     """``mimkit export --format hf``: build the model a checkpoint describes (the full MAE
     when it has a decoder, else the encoder or classifier) and :func:`export_hf` it, with
     the checkpoint's class names."""
     from .checkpoint import is_mae_checkpoint, model_from_checkpoint, read_checkpoint
 
-    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
     kind = "pretrain" if is_mae_checkpoint(ckpt) else "encoder"
     model, _ = model_from_checkpoint(ckpt, kind=kind)
     classes = ckpt.meta.get("classes")

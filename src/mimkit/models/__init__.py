@@ -9,6 +9,7 @@ from .registry import (
     input_size,
     is_pretrainer,
     list_models,
+    preprocessing,
     register_model,
 )
 from .vit import VisionTransformer
@@ -20,6 +21,7 @@ __all__ = [
     "IBOTTask",
     "IBOTViT",
     "input_size",
+    "preprocessing",
     "is_pretrainer",
     "LoMaROutput",
     "LocalMaskedReconstruction",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ..errors import UserError
+from .timm_backbone import create_timm, data_config, is_timm_name
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -44,6 +45,8 @@ def create_model(name: str, **overrides) -> nn.Module:
 
     >>> m = create_model("mae_vit_tiny_cifar", norm_pix_loss=True)
     """
+    if is_timm_name(name):  # any timm model as a backbone (local weights only)
+        return create_timm(name, **overrides)
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "see `mimkit models`"
@@ -78,10 +81,21 @@ def create_encoder(name: str, **overrides) -> nn.Module:
 
 
 def input_size(model: nn.Module) -> int:
-    """The image size a backbone was built for (ViT: its patch grid; ConvMixer: ``img_size``)."""
-    if hasattr(model, "patch_embed"):
+    """The image size a backbone was built for (ViT: its patch grid; ConvMixer and timm CNNs:
+    ``img_size``; other timm models: their ``pretrained_cfg``)."""
+    if hasattr(model, "patch_embed") and hasattr(model.patch_embed, "img_size"):
         return model.patch_embed.img_size[0]
-    return model.img_size
+    if hasattr(model, "img_size"):
+        return model.img_size
+    return data_config(model)["input_size"]
+
+
+def preprocessing(model: nn.Module) -> dict:
+    """Arguments of ``data.eval_transform`` for ``model``: its input size and, for a timm
+    backbone, its own mean, std, interpolation and crop (``pretrained_cfg``)."""
+    cfg = data_config(model)
+    cfg.pop("input_size", None)
+    return {"img_size": input_size(model), **cfg}
 
 
 def is_pretrainer(name: str) -> bool:

@@ -17,7 +17,8 @@ from ..errors import UserError
 from ..eval.features import cached_extract, checkpoint_identity, extract, source_identity
 from ..eval.metrics import plot_confusion
 from ..interop.checkpoint import LoadReport, model_from_checkpoint
-from ..models import create_encoder, input_size, is_pretrainer
+from ..models import create_encoder, is_pretrainer, preprocessing
+from ..models.timm_backbone import create_timm, is_timm_name
 from ..models.vit import encoder_args
 from ..utils.cache import cache_root
 from .run import RunContext
@@ -26,7 +27,8 @@ log = logging.getLogger("mimkit")
 
 
 def load_backbone(cfg: config_lib.Config, device, **overrides) -> tuple[nn.Module, LoadReport]:
-    """The encoder to evaluate, from ``model.checkpoint`` or random init ('none')."""
+    """The encoder to evaluate, from ``model.checkpoint`` or random init ('none');
+    ``model.name=timm:NAME`` builds that timm model (its weights from the checkpoint file)."""
     ckpt = cfg.model.checkpoint
     if not ckpt:
         raise UserError(
@@ -35,6 +37,10 @@ def load_backbone(cfg: config_lib.Config, device, **overrides) -> tuple[nn.Modul
         )
     if cfg.data.img_size:
         overrides["img_size"] = cfg.data.img_size
+    if is_timm_name(cfg.model.name):  # a timm model, random or from a local weights file
+        args = {"num_classes": 0, **cfg.model.args, **overrides}  # features, unless a head
+        model = create_timm(cfg.model.name, ckpt, **args)
+        return model.to(device), None
     if ckpt == "none":
         args = dict(cfg.model.args)
         if is_pretrainer(cfg.model.name):  # MAE/LoMaR/iBOT names: their encoder's arguments
@@ -59,7 +65,7 @@ def feature_cache_dir(cfg: config_lib.Config) -> Path | None:
 def split_features(ctx: RunContext, model, splits: Splits) -> tuple[dict, dict, list[str]]:
     """Train and val features, extracted once and cached by checkpoint + data + transform."""
     cfg = ctx.cfg
-    transform = eval_transform(input_size(model))
+    transform = eval_transform(**preprocessing(model))
     results = []
     for name, source in (("train", splits.train), ("val", splits.val)):
         key = {

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import config as config_lib
-from ..data import ImageDataset, eval_transform, open_splits
+from ..data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, eval_transform, open_splits
 from ..data.loader import eval_loader, train_loader
 from ..data.transforms import finetune_transform, linprobe_transform
 from ..engine import distributed as dist
@@ -19,7 +19,7 @@ from ..engine.optim import adamw
 from ..errors import UserError
 from ..eval import classify as heads
 from ..eval.features import LastBlocks, set_pool
-from ..models import input_size
+from ..models import preprocessing
 from ..viz.curves import plot_curves
 from .backbone import load_backbone, split_features, write_metrics
 from .registry import Recipe, register
@@ -83,9 +83,12 @@ def linprobe(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
         val_loader = eval_loader(FeatureSet(val["features"], val["labels"]), cfg.eval.batch_size, 0)
         encoder = None
     else:
-        size = input_size(backbone)
-        transform = linprobe_transform(size) if cfg.linprobe.augment else eval_transform(size)
-        loader, val_loader = _image_loaders(ctx, splits, transform, size)
+        prep = preprocessing(backbone)
+        if cfg.linprobe.augment:
+            transform = linprobe_transform(prep["img_size"], *_norm(prep))
+        else:
+            transform = eval_transform(**prep)
+        loader, val_loader = _image_loaders(ctx, splits, transform, prep)
         encoder = heads.FrozenEncoder(backbone)
     head = heads.LinearProbe(backbone.num_features, len(splits.classes)).to(ctx.device)
     lr = ctx.lr()
@@ -137,9 +140,11 @@ def finetune(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
         heads.freeze_all_but_last(model, ft.trainable_blocks)
     if cfg.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    size = input_size(model)
-    transform = finetune_transform(size, ft.auto_augment, ft.reprob, ft.crop_scale, ft.crop_ratio)
-    loader, val_loader = _image_loaders(ctx, splits, transform, size)
+    prep = preprocessing(model)
+    transform = finetune_transform(
+        prep["img_size"], ft.auto_augment, ft.reprob, ft.crop_scale, ft.crop_ratio, *_norm(prep)
+    )
+    loader, val_loader = _image_loaders(ctx, splits, transform, prep)
     mixup, criterion = mixup_and_loss(ft, len(splits.classes), cfg.data.batch_size)
     lr = ctx.lr()
     groups = lambda m: heads.layer_decay_groups(m, cfg.optim.weight_decay, ft.layer_decay)
@@ -166,12 +171,17 @@ def finetune(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
     return _fit_classifier(ctx, task, model, make_optimizer, loader, lr, meta, "fine-tune", splits)
 
 
-def _image_loaders(ctx: RunContext, splits, transform, size: int) -> tuple:
+def _norm(prep: dict) -> tuple:
+    """(mean, std) of a model's preprocessing (ImageNet's unless a timm backbone says)."""
+    return prep.get("mean", IMAGENET_MEAN), prep.get("std", IMAGENET_STD)
+
+
+def _image_loaders(ctx: RunContext, splits, transform, prep: dict) -> tuple:
     """Training images through ``transform`` (shuffled, full batches) and validation images
     through the eval transform (every image once over all ranks)."""
     cfg, pin = ctx.cfg, ctx.device.type == "cuda"
     train = ImageDataset(splits.train, transform)
-    val = ImageDataset(splits.val, eval_transform(size))
+    val = ImageDataset(splits.val, eval_transform(**prep))
     return (
         train_loader(train, cfg.data.batch_size, cfg.train.seed, cfg.data.num_workers, pin),
         eval_loader(val, cfg.eval.batch_size, cfg.data.num_workers, pin),

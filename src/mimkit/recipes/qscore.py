@@ -15,7 +15,7 @@ from ..eval.features import extract, set_pool
 from ..eval.knn import knn_scores
 from ..eval.metrics import roc_auc
 from ..eval.qscore import qscore
-from ..models import input_size
+from ..models import preprocessing
 from ..viz.curves import plot_qscore
 from .backbone import load_backbone, split_features
 from .registry import Recipe, register
@@ -36,7 +36,7 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> QscoreResult:
         if not cfg.data.path:
             raise UserError("no data given: pass --data PATH (a folder, or ROOT with train/ val/)")
         source = open_source(cfg.data.path, image_key=cfg.data.image_key)
-        transform = eval_transform(input_size(model))
+        transform = eval_transform(**preprocessing(model))
         target = extract(
             model,
             source,
