@@ -43,10 +43,14 @@ def test_mae_cifar10_recipe_smoke(tmp_path):
         "linprobe_random",
         "finetune_mae",
         "finetune_scratch",
+        "knn_ibot",
+        "linprobe_ibot",
+        "knn_pixels",
+        "linprobe_pixels",
     ):
         assert key in res
     assert all(0 <= v <= 100 for v in res["knn_mae"].values())
-    assert set(row["steps"]) >= {"pretrain", "finetune-mae", "finetune-scratch"}
+    assert set(row["steps"]) >= {"pretrain", "pretrain-ibot", "finetune-mae", "finetune-scratch"}
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-from . import convmixer, ibot, lomar, mae, vit  # noqa: F401  (registers the models)
+from . import convmixer, ibot, lomar, mae, pixels, vit  # noqa: F401  (registers the models)
 from .convmixer import ConvMixer
 from .ibot import IBOT, IBOTHead, IBOTTask, IBOTViT
 from .lomar import LocalMaskedReconstruction, LoMaROutput
