@@ -62,3 +62,16 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     p.write_text(C.to_yaml(cfg))
     again = C.load_config(str(p))
     assert C.to_dict(again) | {"name": None} == C.to_dict(cfg) | {"name": None}
+
+
+def test_eval_checkpoint_is_a_deprecated_alias_of_model_checkpoint(caplog):
+    import logging
+
+    logger = logging.getLogger("mimkit")  # may not propagate once the console is set up
+    logger.addHandler(caplog.handler)
+    try:
+        cfg = C.load_config(None, ["eval.checkpoint=a.pth"], task="knn")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert cfg.model.checkpoint == "a.pth" and cfg.eval.checkpoint is None
+    assert "deprecated" in caplog.text

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data import EpochSampler, ImageDataset, build_loader, collate
+from ..data import ImageDataset
+from ..data.loader import eval_loader
 from ..data.sources import ImageSource
 from ..engine import distributed as dist
 from ..engine import precision as precision_lib
-from ..engine.checkpoint import atomic_save
 from ..errors import UserError
+from ..utils.io import atomic_save
 
 log = logging.getLogger("mimkit")
 
@@ -102,17 +103,8 @@ def extract(
     (their reasons in 'reasons', path -> reason).
     """
     model.eval()
-    sampler = EpochSampler(
-        len(source), shuffle=False, rank=dist.rank(), world=dist.world_size(), pad=False
-    )
-    loader = build_loader(
-        ImageDataset(source, transform),
-        batch_size,
-        sampler,
-        num_workers,
-        drop_last=False,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate,
+    loader = eval_loader(
+        ImageDataset(source, transform), batch_size, num_workers, device.type == "cuda"
     )
     feats, bad = [], {}
     for batch in tqdm(loader, desc=desc, disable=None if dist.is_main() else True, leave=False):
