@@ -430,3 +430,32 @@ def test_adamw_is_fused_on_cpu_and_matches_the_reference_update():
         loop.step()
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
+
+
+def test_attention_is_explicit_on_cpu_bf16_and_sdpa_otherwise(monkeypatch):
+    """Same function either way: SDPA in fp32, the explicit product (bmm on AMX) under CPU
+    bf16 autocast, where PyTorch's SDPA kernel is several times slower."""
+    import torch.nn.functional as F
+
+    from mimkit.layers.attention import attention, sdpa_is_fast
+
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    q, k, v = torch.randn(3, 2, 4, 9, 8).unbind(0)
+    mask = torch.randn(2, 4, 9, 9)
+    assert sdpa_is_fast(q)
+    ref = attention(q, k, v, 8**-0.5, mask)
+    assert calls == [1]
+    explicit = attention(q, k, v, 8**-0.5, mask, fused=False)
+    torch.testing.assert_close(explicit, ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not sdpa_is_fast(q)
+        low = attention(q, k, v, 8**-0.5, mask)
+    assert calls == [1] and low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)
+    model = mimkit.create_model("mae_vit_tiny_cifar", depth=1, decoder_depth=1)
+    assert type(model.blocks[0].attn).__name__ == type(model.decoder_blocks[0].attn).__name__
+    assert type(model.blocks[0].attn).__module__ == "mimkit.layers.attention"

@@ -9,6 +9,9 @@ Per transformer block on n tokens of width d (MLP ratio r), in multiply-adds:
 M(n, d) = (4 + 2r) n d^2 + 2 n^2 d   (qkv + proj: 4nd^2, MLP: 2r nd^2, QK^T and AV: 2n^2 d);
 r = 4 gives the usual 12 n d^2 + 2 n^2 d. FLOPs = 2 x multiply-adds; a training step
 (forward + backward) = 3 x forward.
+
+The peak MFU divides by: a GPU's dense bf16 datasheet figure (``peak_tflops``); a CPU's
+practical matmul peak, measured when the benchmark starts (``measure_cpu_peak_tflops``).
 """
 
 from __future__ import annotations

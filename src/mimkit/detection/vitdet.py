@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, Mlp, PatchEmbed, resample_abs_pos_embed
 from torch import nn
 
+from ..layers.attention import attention
 from ..models.vit import LayerNorm6
 
 # Global-attention blocks of the published models (all others use windows).
@@ -102,7 +103,7 @@ class RelPosAttention(nn.Module):
             flat = q.reshape(b * self.num_heads, h * w, self.head_dim)
             bias = decomposed_rel_pos_bias(flat, self.rel_pos_h, self.rel_pos_w, (h, w))
             mask = bias.view(b, self.num_heads, h * w, h * w).to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = attention(q, k, v, self.head_dim**-0.5, mask)  # SDPA, explicit on CPU bf16
         return self.proj(x.transpose(1, 2).reshape(b, h, w, c))
 
 
