@@ -19,9 +19,10 @@ tensors and biases). ``--fused-peers`` gives every peer fused AdamW too.
 Timing: per round every configuration (implementation x precision) runs ``--warmup``
 untimed steps, then ``--steps`` timed steps; rounds alternate the order (ABBA), so drift
 on a shared machine hits all alike; the minimum over ``--rounds`` is reported (the
-median too). Peak memory: each configuration once more in its own subprocess (``ru_maxrss``
-is per process), reported as peak RSS and as the rise over that process's RSS after
-imports. Results are appended to benchmarks/results/compare_peers.jsonl.
+median too). Peak memory: each configuration once more, 2 steps in its own subprocess (a
+process's peak RSS covers all it ever held), reported as that process's peak RSS
+(``VmHWM``) and as the rise over its RSS after imports. ``--memory-only`` skips the
+timing. Results are appended to benchmarks/results/compare_peers.jsonl.
 
     # the official code is not part of mimkit: a checkout with models_mae.py, util/pos_embed.py
     python benchmarks/compare_peers.py --official /tmp/mae --case base     # ViT-B/16, batch 8
@@ -338,16 +339,22 @@ def peak_rss_child(impl, prec, case, official, fused_peers, steps) -> dict:
         import lightly  # noqa: F401
     if impl == "mimkit":
         import mimkit  # noqa: F401
-    base = _max_rss_mb()
+    base = _peak_rss_mb()
     runner = Runner(impl, case, official, fused_peers)
     for _ in range(steps):
         runner.step(prec)
-    return {"peak_rss_mb": round(_max_rss_mb(), 1), "rss_after_imports_mb": round(base, 1)}
+    return {"peak_rss_mb": round(_peak_rss_mb(), 1), "rss_after_imports_mb": round(base, 1)}
 
 
-def _max_rss_mb() -> float:
-    """The process's peak resident set so far (``ru_maxrss``: KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _peak_rss_mb() -> float:
+    """This process's peak resident set so far: ``VmHWM`` (per address space, so it
+    starts afresh at exec), else ``ru_maxrss``, which Linux carries over from the parent
+    across exec (the parent holds every model while it times them)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def measure_memory(args, configs: list) -> dict:
@@ -448,6 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=PRECISIONS)
     p.add_argument("--fused-peers", action="store_true", help="fused AdamW for every peer")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    p.add_argument("--memory-only", action="store_true", help="only the peak-RSS subprocesses")
     p.add_argument("--smoke", action="store_true", help="tiny model, 1 round, 1 step: a check")
     p.add_argument("--json", help="append the result here (default benchmarks/results/...)")
     p.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
@@ -476,11 +484,13 @@ def compare(args) -> dict:
         raise SystemExit("mimkit must be among --impls")
     configs = [(i, p) for i in impls for p in args.precisions]
     c = CASES[args.case]
-    print(f"building {', '.join(impls)} for case {args.case} (batch {c['batch']})")
-    runners = {i: Runner(i, args.case, args.official, args.fused_peers) for i in impls}
-    times = time_rounds(runners, configs, args.rounds, args.steps, args.warmup)
-    del runners
-    rows = summarise(times, c["batch"])
+    rows = {}
+    if not args.memory_only:
+        print(f"building {', '.join(impls)} for case {args.case} (batch {c['batch']})")
+        runners = {i: Runner(i, args.case, args.official, args.fused_peers) for i in impls}
+        times = time_rounds(runners, configs, args.rounds, args.steps, args.warmup)
+        del runners
+        rows = summarise(times, c["batch"])
     default = P.resolve_with_reason("auto", _cpu())
     result = {
         "date": datetime.date.today().isoformat(),
@@ -496,7 +506,7 @@ def compare(args) -> dict:
         "skipped": skipped,
         "results": rows,
     }
-    if len(args.precisions) == 2:
+    if len(args.precisions) == 2 and rows:
         result["ratios"] = ratios(rows, impls, default.precision)
     if not args.no_memory:
         print("peak memory: one subprocess per configuration")
@@ -511,15 +521,16 @@ def compare(args) -> dict:
 
 
 def _print(result: dict) -> None:
-    mem = result.get("memory", {})
+    mem, rows = result.get("memory", {}), result["results"]
     print(f"\ncase {result['case']}, batch {result['batch']}, min of {result['rounds']} rounds")
-    print(f"{'configuration':<22s} {'img/s':>9s} {'s/step':>8s} {'median':>8s} {'RSS MB':>8s}")
-    for name, r in result["results"].items():
-        rss = mem.get(name, {}).get("peak_rss_mb", "")
-        print(
-            f"{name:<22s} {r['img_s']:9.2f} {r['step_s_min']:8.3f} "
-            f"{r['step_s_median']:8.3f} {rss!s:>8s}"
+    head = ("configuration", "img/s", "s/step", "median", "RSS MB", "rise")
+    print("{:<20s} {:>8s} {:>7s} {:>7s} {:>8s} {:>7s}".format(*head))
+    for name in rows or mem:
+        r, m = rows.get(name), mem.get(name, {})
+        speed = (
+            f"{r['img_s']:8.2f} {r['step_s_min']:7.3f} {r['step_s_median']:7.3f}" if r else " " * 24
         )
+        print(f"{name:<20s} {speed} {m.get('peak_rss_mb', '')!s:>8s} {m.get('rise_mb', '')!s:>7s}")
     for peer, r in result.get("ratios", {}).items():
         print(
             f"mimkit / {peer:<14s} fp32 {r['fp32']:.2f}x  bf16 {r['bf16']:.2f}x  best "

@@ -314,6 +314,25 @@ def test_benchmark_command_writes_json(tmp_path, image_folder, capsys):
     assert "end to end" in out and "n/a" not in out and "TFLOP/s (measured" in out
 
 
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "lomar_vit_tiny_cifar",
+        "convmixer_256_8_cifar",
+        "vitdet_tiny_coco128",
+        "ibot_vit_tiny_cifar",
+    ],
+)
+def test_every_kind_of_preset_gets_counted_flops_and_mfu(tmp_path, preset):
+    """LoMaR, ConvMixer (classifier), the ViTDet backbone + pyramid and iBOT: FLOPs from
+    the one counter, MFU against the measured CPU peak."""
+    out = tmp_path / "b.json"
+    args = ["benchmark", "--config", preset, "--steps", "1", "--warmup", "0"]
+    assert main([*args, "--batch-size", "2", "--json", str(out), "data.num_workers=0"]) == 0
+    r = json.loads(out.read_text())
+    assert r["train_flop_per_image"] > 0 and 0 < r["model_mfu"] < 1, r
+
+
 def test_benchmark_profile_writes_a_trace_and_prints_top_ops(tmp_path, capsys):
     out = tmp_path / "b.json"
     args = ["benchmark", "--config", "mae_vit_tiny_cifar", "--steps", "1", "--warmup", "1"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import os
 import platform
 import tempfile
 import time
@@ -289,6 +290,9 @@ def device_peak(device: torch.device, name: str, precision: str) -> dict:
 def profile_steps(trainer: Trainer, steps: int, trace: Path, top: int = 10) -> dict:
     """``steps`` more training steps under torch.profiler: a Chrome / Perfetto trace at
     ``trace`` and the ``top`` operators by self time (device time on CUDA)."""
+    # Kineto's own log (read at its first use) says 'gpuGetDeviceCount failed' on a
+    # CPU-only machine running a CUDA build of torch: keep it quiet unless asked
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     from torch.profiler import ProfilerActivity, profile
 
     cuda = trainer.device.type == "cuda"
