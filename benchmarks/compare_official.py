@@ -83,8 +83,12 @@ def measure(impl: str, case: str, batch: int, steps: int, warmup: int, official:
 def _official_model(path: str, case: str):
     from functools import partial
 
+    import numpy as np
     import timm.models.vision_transformer as tv
     import torch.nn as nn
+
+    if not hasattr(np, "float"):  # util/pos_embed.py uses np.float, gone since numpy 1.24
+        np.float = float
 
     class Block(tv.Block):  # timm 0.3.2 signature: qk_scale was removed later
         def __init__(self, *args, qk_scale=None, **kwargs):

@@ -1,8 +1,10 @@
 """Speed paths on CPU: device-side augmentation, tensor cache, device JPEG decode,
-tar shards across ranks and workers, torch.compile, FLOP arithmetic, benchmark command."""
+tar shards across ranks and workers, torch.compile, FLOP arithmetic, benchmark command
+(MFU on CPU, profile), precision auto (bf16 on CPUs with native bf16), fused AdamW."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -16,6 +18,9 @@ from mimkit.data import device_aug as D
 from mimkit.data.jpeg import DeviceJpegLoader, decode_batch
 from mimkit.data.shards import ShardDataset, ShardLoader, write_shards
 from mimkit.data.tensor_cache import TensorCacheLoader, build_tensor_cache
+from mimkit.engine import precision as P
+from mimkit.engine.optim import adamw, weight_decay_groups
+from mimkit.errors import UserError
 from mimkit.flops import block_macs, mae_step_flops, model_step_flops, peak_tflops
 
 from .conftest import TINY_MAE
@@ -296,9 +301,183 @@ def test_benchmark_command_writes_json(tmp_path, image_folder, capsys):
         "device",
     ):
         assert key in r, key
-    assert r["model_img_s"] > 0 and r["model_mfu"] is None  # no peak table entry for a CPU
-    assert math.isfinite(r["end_to_end_vs_model"])
-    assert "end to end" in capsys.readouterr().out
+    assert r["model_img_s"] > 0 and math.isfinite(r["end_to_end_vs_model"])
+    # MFU on a CPU: the peak is a matmul measured at start, for the run's precision
+    assert r["peak_tflops"] > 0 and r["peak_source"].startswith("measured")
+    assert r["peak_fp32_tflops"] > 0
+    assert r["peak_tflops"] == r[f"peak_{r['precision']}_tflops"]
+    assert 0 < r["model_mfu"] < 1 and 0 < r["end_to_end_mfu"] < 1
+    assert r["model_mfu"] == pytest.approx(
+        r["model_img_s"] * r["train_flop_per_image"] / (r["peak_tflops"] * 1e12), rel=1e-6
+    )
+    out = capsys.readouterr().out
+    assert "end to end" in out and "n/a" not in out and "TFLOP/s (measured" in out
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "lomar_vit_tiny_cifar",
+        "convmixer_256_8_cifar",
+        "vitdet_tiny_coco128",
+        "ibot_vit_tiny_cifar",
+    ],
+)
+def test_every_kind_of_preset_gets_counted_flops_and_mfu(tmp_path, preset):
+    """LoMaR, ConvMixer (classifier), the ViTDet backbone + pyramid and iBOT: FLOPs from
+    the one counter, MFU against the measured CPU peak."""
+    out = tmp_path / "b.json"
+    args = ["benchmark", "--config", preset, "--steps", "1", "--warmup", "0"]
+    assert main([*args, "--batch-size", "2", "--json", str(out), "data.num_workers=0"]) == 0
+    r = json.loads(out.read_text())
+    assert r["train_flop_per_image"] > 0 and 0 < r["model_mfu"] < 1, r
+
+
+def test_benchmark_profile_writes_a_trace_and_prints_top_ops(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    args = ["benchmark", "--config", "mae_vit_tiny_cifar", "--steps", "1", "--warmup", "1"]
+    args += ["--batch-size", "4", "--json", str(out), "--profile", *TINY_MAE]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    trace = tmp_path / "b.trace.json"
+    assert r["profile"]["trace"] == str(trace)
+    assert "traceEvents" in json.loads(trace.read_text())  # Chrome / Perfetto format
+    top = r["profile"]["top"]
+    assert len(top) == 10 and all(t["self_ms_per_step"] >= 0 for t in top)
+    assert [t["self_ms_per_step"] for t in top] == sorted(
+        (t["self_ms_per_step"] for t in top), reverse=True
+    )
+    printed = capsys.readouterr().out
+    assert "top 10 operators by self cpu time" in printed
+    assert top[0]["op"][:44] in printed
+
+
+# ---------------------------------------------------------------------------- precision
+
+
+def test_auto_precision_follows_the_cpus_bf16_support(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv(P.CPU_BF16_ENV, raising=False)
+    caps = {"amx_bf16": True, "avx512_bf16": True}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert P.resolve_with_reason("auto", cpu) == ("bf16", "auto: CPU has AMX/AVX512-BF16")
+    caps = {"avx512_f": True, "avx2": True}  # AVX-512 without BF16: emulated, slower
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert P.resolve_with_reason("auto", cpu) == ("fp32", "auto: CPU has no AMX/AVX512-BF16")
+    assert P.resolve("auto", cuda) == "bf16" and P.resolve("fp32", cpu) == "fp32"
+    monkeypatch.setenv(P.CPU_BF16_ENV, "1")  # the override, either way
+    assert P.resolve_with_reason("auto", cpu) == ("bf16", "auto: MIMKIT_CPU_BF16=1")
+    monkeypatch.setenv(P.CPU_BF16_ENV, "0")
+    assert P.resolve_with_reason("auto", cpu) == ("fp32", "auto: MIMKIT_CPU_BF16=0")
+    assert P.resolve("bf16", cpu) == "bf16"  # an explicit choice is not overridden
+    monkeypatch.setenv(P.CPU_BF16_ENV, "yes")
+    with pytest.raises(UserError, match="MIMKIT_CPU_BF16 must be 0 or 1"):
+        P.resolve("auto", cpu)
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        P.resolve("fp16", cpu)
+
+
+@pytest.mark.parametrize("bf16", ["1", "0"])
+def test_run_header_and_config_yaml_say_the_resolved_precision(
+    tmp_path, image_folder, monkeypatch, capsys, bf16
+):
+    monkeypatch.setenv(P.CPU_BF16_ENV, bf16)
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", str(image_folder), "--out", str(out), "--epochs", "1"]
+    assert main([*args, "--batch-size", "16", *TINY_MAE, "train.max_steps=2"]) == 0
+    want = "bf16" if bf16 == "1" else "fp32"
+    err = capsys.readouterr().err
+    assert f"precision {want} (auto: MIMKIT_CPU_BF16={bf16}) on cpu" in err
+    assert re.search(rf"mae_vit_tiny_cifar: .* cpu {want}, effective batch 16", err)
+    text = (out / "config.yaml").read_text()
+    assert "precision: auto" in text and f"precision_resolved: {want}" in text
+    state = torch.load(out / "checkpoint-last.pth", weights_only=True)
+    assert state["config"]["train"]["precision_resolved"] == want
+    assert state["step"] == 2 and math.isfinite(state["metrics"]["loss"])
+
+
+def test_evaluation_extracts_features_in_the_resolved_precision(
+    tmp_path, labeled_root, tiny_mae_ckpt, monkeypatch, capsys
+):
+    """kNN (and the linprobe cache, Q-score: the same ``split_features``) run under the
+    resolved precision; the feature cache keeps fp32 and bf16 features apart."""
+    seen = []
+    real = P.autocast
+    monkeypatch.setattr(P, "autocast", lambda p, d: seen.append(p) or real(p, d))
+    cache = tmp_path / "cache"
+    for flag, want in (("1", "bf16"), ("0", "fp32")):
+        monkeypatch.setenv(P.CPU_BF16_ENV, flag)
+        seen.clear()
+        out = tmp_path / f"knn{flag}"
+        args = ["knn", "--checkpoint", str(tiny_mae_ckpt), "--data", str(labeled_root)]
+        assert main([*args, "--out", str(out), f"eval.cache_dir={cache}"]) == 0
+        assert set(seen) == {want}, seen  # extracted now, not read from the other's cache
+        assert f"precision_resolved: {want}" in (out / "config.yaml").read_text()
+        assert f"precision {want} (auto: MIMKIT_CPU_BF16={flag})" in capsys.readouterr().err
+
+
+def test_predict_uses_the_resolved_precision(tmp_path, image_folder, monkeypatch, caplog):
+    from mimkit.eval.predict import predict_files
+
+    model = mimkit.create_model("vit_tiny_patch16", img_size=32, patch_size=8, num_classes=3)
+    files = [str(p) for p in sorted((image_folder / "cat").iterdir())[:2]]
+    seen = []
+    real = P.autocast
+    monkeypatch.setattr(P, "autocast", lambda p, d: seen.append(p) or real(p, d))
+    for flag, want in (("1", "bf16"), ("0", "fp32")):
+        monkeypatch.setenv(P.CPU_BF16_ENV, flag)
+        seen.clear()
+        rows = predict_files(model, files, ["a", "b", "c"], torch.device("cpu"), num_workers=0)
+        assert len(rows) == 2 and seen == [want]
+
+
+def test_adamw_is_fused_on_cpu_and_matches_the_reference_update():
+    """The fused kernel makes the for-loop implementation's update (same groups, gradients)."""
+    model = mimkit.create_model("mae_vit_tiny_cifar", depth=2, decoder_depth=1)
+    ref = mimkit.create_model("mae_vit_tiny_cifar", depth=2, decoder_depth=1)
+    ref.load_state_dict(model.state_dict())
+    fused = adamw(weight_decay_groups(model, 0.05), 1e-3, (0.9, 0.95), torch.device("cpu"))
+    assert fused.defaults["fused"]
+    groups = weight_decay_groups(ref, 0.05)
+    loop = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), foreach=False)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(model.parameters(), ref.parameters()):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        fused.step()
+        loop.step()
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
+
+
+def test_attention_is_explicit_on_cpu_bf16_and_sdpa_otherwise(monkeypatch):
+    """Same function either way: SDPA in fp32, the explicit product (bmm on AMX) under CPU
+    bf16 autocast, where PyTorch's SDPA kernel is several times slower."""
+    import torch.nn.functional as F
+
+    from mimkit.layers.attention import attention, sdpa_is_fast
+
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    q, k, v = torch.randn(3, 2, 4, 9, 8).unbind(0)
+    mask = torch.randn(2, 4, 9, 9)
+    assert sdpa_is_fast(q)
+    ref = attention(q, k, v, 8**-0.5, mask)
+    assert calls == [1]
+    explicit = attention(q, k, v, 8**-0.5, mask, fused=False)
+    torch.testing.assert_close(explicit, ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not sdpa_is_fast(q)
+        low = attention(q, k, v, 8**-0.5, mask)
+    assert calls == [1] and low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)
+    model = mimkit.create_model("mae_vit_tiny_cifar", depth=1, decoder_depth=1)
+    assert type(model.blocks[0].attn).__name__ == type(model.decoder_blocks[0].attn).__name__
+    assert type(model.blocks[0].attn).__module__ == "mimkit.layers.attention"
 
 
 def test_counted_flops_agree_with_the_mae_formula():

@@ -95,6 +95,9 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 800
     precision: Precision = Precision.auto  # auto | fp32 | bf16 | fp16
+    # written by the run, never read: what `precision` became on this machine (fp32 | bf16
+    # | fp16), so config.yaml shows it next to the setting; the run's log says why
+    precision_resolved: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     log_every: int = 50  # steps between loss logs (the only host-device sync)
@@ -172,6 +175,7 @@ class BenchConfig:
     warmup: int = 5  # untimed steps first
     data: str = "synthetic"  # or an image folder / shards: also time the loader, end to end
     json: str | None = None  # where to save the result (default runs/benchmark/<preset>.json)
+    profile: bool = False  # also trace a few steps: Chrome trace next to the JSON + top ops
 
 
 @dataclass

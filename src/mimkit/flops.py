@@ -9,9 +9,17 @@ Per transformer block on n tokens of width d (MLP ratio r), in multiply-adds:
 M(n, d) = (4 + 2r) n d^2 + 2 n^2 d   (qkv + proj: 4nd^2, MLP: 2r nd^2, QK^T and AV: 2n^2 d);
 r = 4 gives the usual 12 n d^2 + 2 n^2 d. FLOPs = 2 x multiply-adds; a training step
 (forward + backward) = 3 x forward.
+
+The peak MFU divides by: a GPU's dense bf16 datasheet figure (``peak_tflops``); a CPU's
+practical matmul peak, measured when the benchmark starts (``measure_cpu_peak_tflops``).
 """
 
 from __future__ import annotations
+
+import functools
+import time
+
+import torch
 
 FORMULA_MAE = (
     "forward = 2 x [P*patch_dim*d_e + L_e*M(N_v,d_e) + N_v*d_e*d_d + L_d*M(N,d_d) "
@@ -121,6 +129,24 @@ def model_step_flops(model) -> tuple[float, str]:
         c["mlp_ratio"],
     )
     return f, FORMULA_VIT
+
+
+@functools.cache
+def measure_cpu_peak_tflops(dtype: str = "fp32", seconds: float = 1.0) -> float:
+    """The practical matmul peak of this CPU in TFLOP/s: the fastest of repeated large
+    square GEMMs (fp32 2048, bf16 4096: big enough for MKL / oneDNN's best kernels) on
+    all threads, over ``seconds``. Measured once per process. On a shared machine this
+    is what the cores give now, which is also what the training step gets."""
+    n, dt = {"fp32": (2048, torch.float32), "bf16": (4096, torch.bfloat16)}[dtype]
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(dt) for _ in range(2))
+    c = torch.mm(a, b)  # warm-up: kernel selection, AMX tile set-up
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e12
 
 
 def peak_tflops(device_name: str) -> float | None:

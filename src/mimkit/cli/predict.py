@@ -39,6 +39,12 @@ def add_parser(sub) -> None:
     p.add_argument("--csv", help="write the predictions as CSV")
     p.add_argument("--json", help="write the predictions as JSON")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else fp32",
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -60,7 +66,14 @@ def cmd_predict(args) -> int:
         )
     classes = class_names(args.classes, saved, model.num_classes)
     rows = predict_files(
-        model, files, classes, device, args.topk, args.batch_size, args.num_workers
+        model,
+        files,
+        classes,
+        device,
+        args.topk,
+        args.batch_size,
+        args.num_workers,
+        precision=args.precision,
     )
     _report(rows, args, min(args.topk, len(classes)))
     return 0 if rows else 2

@@ -23,6 +23,11 @@ class ViTDetWithPyramid(nn.Module):
         self.pyramid = SimpleFeaturePyramid(vit.embed_dim, vit.patch_size, out_channels)
         self.out_channels = out_channels
 
+    @property
+    def img_size(self) -> int:
+        """The backbone's input size (``models.input_size`` and the benchmark read it)."""
+        return self.vit.patch_embed.img_size[0]
+
     def forward(self, imgs: torch.Tensor) -> OrderedDict:
         return self.pyramid(self.vit(imgs))
 

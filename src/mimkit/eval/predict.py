@@ -46,16 +46,20 @@ def predict_files(
     topk: int = 5,
     batch_size: int = 64,
     num_workers: int = 2,
+    precision: str = "auto",
 ) -> list[dict]:
     """One row per readable image: {'path', 'top': [{'class', 'prob'}, ...]}; unreadable
-    images are skipped with a warning naming the reason."""
+    images are skipped with a warning naming the reason. ``precision`` 'auto' resolves as
+    training's (bf16 on CUDA and on CPUs with native bf16)."""
     loader = torch.utils.data.DataLoader(
         _Files(files, eval_transform(**preprocessing(model))),
         batch_size=batch_size,
         num_workers=min(num_workers, len(files)),
         collate_fn=_collate,
     )
-    precision = precision_lib.resolve("auto", device)
+    resolved = precision_lib.resolve_with_reason(precision, device)
+    log.info("%s on %s", resolved.describe(), device)
+    precision = resolved.precision
     rows = []
     k = min(topk, len(classes))
     model.to(device).eval()

@@ -22,9 +22,10 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Attention
 from torch import nn
+
+from .attention import attention
 
 IRPE_RATIO = 1.9
 
@@ -113,11 +114,8 @@ class IRPEAttention(Attention):
             bias = bias + attn_mask
         # torch.export's decomposition of SDPA with a float mask mislabels output strides
         # (ONNX export fails on the reshape below), so exports take the explicit path.
-        if self.fused_attn and not torch.compiler.is_exporting():
-            drop = self.attn_drop.p if self.training else 0.0
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1) + bias
-            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        fused = self.fused_attn and not torch.compiler.is_exporting()
+        drop = self.attn_drop.p if self.training else 0.0
+        x = attention(q, k, v, self.scale, bias, drop, fused)
         x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
         return self.proj_drop(self.proj(x))

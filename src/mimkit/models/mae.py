@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .. import masking
-from ..layers import get_2d_sincos_pos_embed
+from ..layers import Attention, get_2d_sincos_pos_embed
 from .registry import register_model
 from .vit import ENCODER_KEYS, VIT_SIZES, LayerNorm6, VisionTransformer
 
@@ -72,6 +72,7 @@ class MaskedAutoencoder(VisionTransformer):
                 mlp_ratio,
                 qkv_bias=True,
                 norm_layer=LayerNorm6,
+                attn_layer=Attention,
             )
             for _ in range(decoder_depth)
         )

@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer as _TimmViT
 from torch import nn
 
 from ..errors import UserError
-from ..layers import IRPEAttention, get_2d_sincos_pos_embed
+from ..layers import Attention, IRPEAttention, get_2d_sincos_pos_embed
 from .registry import register_model
 
 # Sizes users know: (embed_dim, depth, num_heads)
@@ -76,8 +76,8 @@ class VisionTransformer(_TimmViT):
             raise UserError(f"pos_embed must be 'learn', 'sincos' or 'none', got '{pos_embed}'")
         if rel_pos not in (None, "irpe"):
             raise UserError(f"rel_pos must be null or 'irpe', got '{rel_pos}'")
-        if rel_pos == "irpe":
-            kwargs["attn_layer"] = IRPEAttention
+        # timm's attention, with SDPA or the explicit product picked per call (CPU bf16)
+        kwargs["attn_layer"] = IRPEAttention if rel_pos == "irpe" else Attention
         super().__init__(
             img_size=img_size,
             patch_size=patch_size,

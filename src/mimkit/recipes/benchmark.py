@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import os
 import platform
 import tempfile
 import time
@@ -21,7 +22,7 @@ from ..engine import precision as precision_lib
 from ..engine.loop import LoopConfig, Trainer, to_device
 from ..engine.optim import adamw, weight_decay_groups
 from ..errors import UserError
-from ..flops import count_step_flops, peak_tflops
+from ..flops import count_step_flops, measure_cpu_peak_tflops, peak_tflops
 from ..models import create_model, is_pretrainer
 from ..utils.rng import seed_all
 from .registry import Recipe, register
@@ -195,7 +196,8 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> BenchmarkResult:
     if dist.world_size() > 1:
         raise UserError("benchmark measures one device: run it without torchrun")
     device = dist.resolve_device(cfg.train.device)
-    precision = precision_lib.resolve(str(cfg.train.precision), device)
+    resolved = precision_lib.resolve_with_reason(str(cfg.train.precision), device)
+    precision = resolved.precision
     seed_all(cfg.train.seed)
     model, task, kind = bench_parts(cfg)
     model = model.to(device)
@@ -206,8 +208,11 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> BenchmarkResult:
     batch = synthetic_batch(model, batch_size, device)
     flops = count_step_flops(task, model, synthetic_batch(model, 1, device))
     name = device_name(device)
-    peak = peak_tflops(name) if device.type == "cuda" else None
-    mfu = (lambda img_s: img_s * flops / (peak * 1e12)) if peak else (lambda img_s: None)
+    peak = device_peak(device, name, precision)
+
+    def mfu(img_s: float) -> float | None:
+        return img_s * flops / (peak["tflops"] * 1e12) if peak["tflops"] else None
+
     b = cfg.bench
     result = {
         "date": datetime.date.today().isoformat(),
@@ -217,14 +222,21 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> BenchmarkResult:
         "device": name,
         "torch": torch.__version__,
         "precision": precision,
+        "precision_reason": resolved.reason,
         "compile": cfg.train.compile,
         "batch": batch_size,
         "img_size": _images_size(batch),
         "train_gflop_per_image": round(flops / 1e9, 3),
+        "train_flop_per_image": flops,
         "flop_formula": "counted: torch.utils.flop_counter.FlopCounterMode on one training "
         "step (forward + backward)",
-        "peak_bf16_tflops": peak,
+        "peak_tflops": peak["tflops"],
+        "peak_source": peak["source"],
+        "peak_bf16_tflops": peak.get("bf16"),
+        "peak_fp32_tflops": peak.get("fp32"),
     }
+    path = Path(b.json or f"runs/benchmark/{cfg.name or cfg.model.name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(task, stepped, device, precision, tmp, batch, batch_size)
         r = time_steps(trainer, trainer.loader, b.steps, b.warmup)
@@ -235,6 +247,9 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> BenchmarkResult:
             model_tflops=r["img_s"] * flops / 1e12,
             peak_mem_gb=r["peak_mem_gb"],
         )
+        if b.profile:
+            trace = path.with_name(path.stem + ".trace.json")
+            result["profile"] = profile_steps(trainer, min(b.steps, 3), trace)
         if b.data != "synthetic":
             data = open_pretrain_data(str(cfg.data.pipeline), b.data, cfg.data.file_list)
             loader = pretrain_loader(cfg, data, device, model)
@@ -247,10 +262,61 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> BenchmarkResult:
                 end_to_end_mfu=mfu(e2e["img_s"]),
                 end_to_end_vs_model=e2e["img_s"] / r["img_s"],
             )
-    path = Path(b.json or f"runs/benchmark/{cfg.name or cfg.model.name}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return BenchmarkResult(out=path.parent, metrics=result, config=cfg, json=path)
+
+
+def device_peak(device: torch.device, name: str, precision: str) -> dict:
+    """The peak MFU divides by: a GPU's dense bf16 datasheet figure; on a CPU the matmul
+    peak measured now for the run's precision (fp32, and bf16 where the CPU has native
+    bf16 or the run uses it). {'tflops', 'source', 'fp32'?, 'bf16'?}"""
+    if device.type == "cuda":
+        value = peak_tflops(name)
+        return {"tflops": value, "source": "datasheet dense bf16" if value else None, "bf16": value}
+    if device.type != "cpu":
+        return {"tflops": None, "source": None}
+    dtypes = ["fp32"]
+    if precision == "bf16" or precision_lib.cpu_bf16()[0]:
+        dtypes.append("bf16")
+    peaks = {d: round(measure_cpu_peak_tflops(d), 4) for d in dtypes}
+    used = "bf16" if precision == "bf16" else "fp32"
+    source = (
+        f"measured: fastest {used} GEMM ({'4096' if used == 'bf16' else '2048'}^2) on "
+        f"{torch.get_num_threads()} threads"
+    )
+    return {"tflops": peaks[used], "source": source, **peaks}
+
+
+def profile_steps(trainer: Trainer, steps: int, trace: Path, top: int = 10) -> dict:
+    """``steps`` more training steps under torch.profiler: a Chrome / Perfetto trace at
+    ``trace`` and the ``top`` operators by self time (device time on CUDA)."""
+    # Kineto's own log (read at its first use) says 'gpuGetDeviceCount failed' on a
+    # CPU-only machine running a CUDA build of torch: keep it quiet unless asked
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = trainer.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    it = iter(trainer.loader)
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            trainer.step(_drop_bad(next(it)), index=i)
+        _sync(trainer.device)
+    prof.export_chrome_trace(str(trace))
+    self_time = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    events = [e for e in prof.key_averages() if self_time(e) > 0]
+    total = sum(self_time(e) for e in events) or 1.0
+    ranked = sorted(events, key=self_time, reverse=True)[:top]
+    rows = [
+        {
+            "op": e.key,
+            "self_ms_per_step": round(self_time(e) / 1e3 / steps, 3),
+            "share": round(self_time(e) / total, 4),
+            "calls_per_step": e.count / steps,
+        }
+        for e in ranked
+    ]
+    return {"trace": str(trace), "steps": steps, "time": "device" if cuda else "cpu", "top": rows}
 
 
 def _images_size(batch: dict) -> int:
@@ -260,15 +326,20 @@ def _images_size(batch: dict) -> int:
 
 def report(result: dict) -> str:
     """The benchmark as lines of text (the CLI prints this)."""
-    pct = lambda v: f"{100 * v:.1f}%" if v is not None else "n/a (no bf16 peak for this device)"
+    pct = lambda v: f"{100 * v:.1f}%" if v is not None else "n/a (no peak for this device)"
     lines = [
-        f"device        {result['device']}  ({result['precision']}, compile={result['compile']})",
+        f"device        {result['device']}  ({result['precision']}: "
+        f"{result.get('precision_reason', 'set')}, compile={result['compile']})",
         f"model         {result['model']} ({result['kind']}) @ {result['img_size']} px, batch "
         f"{result['batch']}, {result['train_gflop_per_image']} GFLOP/image/step",
+    ]
+    if result.get("peak_tflops"):
+        lines.append(f"peak          {result['peak_tflops']:.3f} TFLOP/s ({result['peak_source']})")
+    lines.append(
         f"model only    {result['model_img_s']:.1f} img/s "
         f"({result['model_step_ms']:.1f} ms/step), "
-        f"MFU {pct(result['model_mfu'])}, {result['model_tflops'] * 1e3:.1f} GFLOP/s achieved",
-    ]
+        f"MFU {pct(result['model_mfu'])}, {result['model_tflops'] * 1e3:.1f} GFLOP/s achieved"
+    )
     if "loader_img_s" in result:
         lines += [
             f"loader        {result['loader_img_s']:.1f} img/s  ({result['pipeline']})",
@@ -278,7 +349,24 @@ def report(result: dict) -> str:
         ]
     if result["peak_mem_gb"] is not None:
         lines.append(f"peak memory   {result['peak_mem_gb']:.2f} GiB")
+    if "profile" in result:
+        lines += profile_table(result["profile"])
     return "\n".join(lines)
+
+
+def profile_table(profile: dict) -> list[str]:
+    """The profile's top operators as text lines."""
+    lines = [
+        f"top {len(profile['top'])} operators by self {profile['time']} time "
+        f"({profile['steps']} steps; trace {profile['trace']}):",
+        f"  {'operator':<44s} {'ms/step':>9s} {'share':>7s} {'calls/step':>10s}",
+    ]
+    for r in profile["top"]:
+        lines.append(
+            f"  {r['op'][:44]:<44s} {r['self_ms_per_step']:9.1f} {100 * r['share']:6.1f}% "
+            f"{r['calls_per_step']:10.0f}"
+        )
+    return lines
 
 
 RECIPE = register(

@@ -73,6 +73,7 @@ class RunContext:
     resume: Path | None = None
     out: Path | None = None
     _logger: RunLogger | None = None
+    precision_reason: str = "set"  # why: 'auto: CPU has AMX/AVX512-BF16', ...
 
     @property
     def effective_batch(self) -> int:
@@ -136,14 +137,18 @@ class RunContext:
 
 
 def start(cfg: config_lib.Config, resume: Path | None = None) -> RunContext:
-    """Device, process group (under torchrun), console, precision and seed (the same
+    """Device, process group (under torchrun), console, precision (``auto`` resolved for
+    this machine, recorded in ``cfg.train.precision_resolved``) and seed (the same
     initial weights on every rank)."""
     device = dist.resolve_device(cfg.train.device)
     dist.init(device, cfg.train.dist_timeout_min)
     setup_console()
-    precision = precision_lib.resolve(str(cfg.train.precision), device)
+    resolved = precision_lib.resolve_with_reason(str(cfg.train.precision), device)
+    # config.yaml (written with the run folder) records what 'auto' became; the log why
+    cfg.train.precision_resolved = resolved.precision
+    log.info("%s on %s", resolved.describe(), device)
     seed_all(cfg.train.seed)
-    return RunContext(cfg, device, precision, resume)
+    return RunContext(cfg, device, resolved.precision, resume, precision_reason=resolved.reason)
 
 
 def prepare_run_dir(cfg: config_lib.Config, resuming: bool) -> Path:
