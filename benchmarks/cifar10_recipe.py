@@ -212,10 +212,16 @@ def ibot_budget(
     if smoke:
         return {}, root / "train"
     probe = work / "ibot-calibrate"
-    calib = _merge(settings, {"epochs": 1, "train.max_steps": 30, "name": "ibot-calibrate"})
+    calib = _merge(
+        settings,
+        {"epochs": 1, "train.max_steps": 40, "train.log_every": 10, "name": "ibot-calibrate"},
+    )
     steps("ibot-calibrate", mimkit.pretrain, data=root / "train", out=probe, **calib)
     rows = [json.loads(line) for line in (probe / "log.jsonl").read_text().splitlines()]
-    img_s = sorted(r["img_s"] for r in rows if r["kind"] == "train")[-1]
+    rates = [r["img_s"] for r in rows if r["kind"] == "train"][1:]  # the first has start-up
+    if not rates:
+        raise SystemExit(f"{probe / 'log.jsonl'}: no timed steps to size iBOT's budget from")
+    img_s = sorted(rates)[len(rates) // 2]
     images = int(seconds * img_s)
     n_train = sum(1 for _ in (root / "train").rglob("*.jpg"))
     if images >= n_train:

@@ -226,7 +226,8 @@ def predict(
     trust: bool = False,
 ) -> list[dict]:
     """Draw boxes, masks and labels on images (PNG per image); the threshold defaults to
-    the training config's ``detect.score_threshold``. Returns one row per image."""
+    the training config's ``detect.score_threshold``. Returns one row per image: its PNG,
+    and the kept detections' boxes (x1, y1, x2, y2 in pixels), class names and scores."""
     from torchvision.io import ImageReadMode, decode_image, read_file, write_png
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
@@ -247,11 +248,11 @@ def predict(
         canvas = img
         if "masks" in pred and keep.any():
             canvas = draw_segmentation_masks(canvas, pred["masks"][keep, 0].cpu() > 0.5, alpha=0.4)
-        labels = [
-            f"{names.get(str(cats[int(c)]), c)} {s:.2f}"
-            for c, s in zip(pred["labels"][keep], pred["scores"][keep])
-        ]
-        canvas = draw_bounding_boxes(canvas, pred["boxes"][keep].cpu(), labels, width=2)
+        classes = [str(names.get(str(cats[int(c)]), c)) for c in pred["labels"][keep]]
+        scores = [round(float(s), 4) for s in pred["scores"][keep]]
+        boxes = pred["boxes"][keep].cpu()
+        labels = [f"{c} {s:.2f}" for c, s in zip(classes, scores)]
+        canvas = draw_bounding_boxes(canvas, boxes, labels, width=2)
         target = out / (Path(path).stem + ".png")
         write_png(canvas, str(target))
         rows.append(
@@ -260,6 +261,9 @@ def predict(
                 "png": str(target),
                 "detections": int(keep.sum()),
                 "threshold": score_threshold,
+                "boxes": [[round(v, 2) for v in b] for b in boxes.tolist()],  # x1 y1 x2 y2 px
+                "labels": classes,
+                "scores": scores,
             }
         )
     return rows
