@@ -186,3 +186,20 @@ def test_knn_and_pretrain_commands_read_hf_data(hf_data, tiny_mae_ckpt, tmp_path
     run = ["--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "6", *TINY_MAE]
     assert main(["pretrain", "--data", f"hf:{root / 'dd'}", *run]) == 0
     assert (tmp_path / "run" / "checkpoint-last.pth").is_file()
+
+
+def test_shards_from_an_hf_dataset_hold_its_bytes_and_labels(hf_data, monkeypatch, tmp_path):
+    monkeypatch.setenv("MIMKIT_CACHE", str(tmp_path / "cache"))
+    root, files = hf_data
+    src = open_source(f"hf:{root / 'dd'}")
+    write_shards(src, tmp_path / "shards", shard_size=8)
+    shards = open_shards(str(tmp_path / "shards"))
+    assert shards.num_samples == 18 and shards.classes == CLASSES
+    ds = ShardDataset(str(tmp_path / "shards"), TO_TENSOR, seed=0, rank=0, world=1)
+    ds.set_epoch(0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=18, collate_fn=lambda items: items)
+    items = next(iter(loader))
+    assert sorted(item[1] for item in items) == [0] * 6 + [1] * 6 + [2] * 6
+    # the bytes went in as they were: decoded pixels equal the source files' (as a set)
+    want = sorted(_pixels(f).sum().item() for f in files["train"])
+    assert sorted(int(item[0].sum()) for item in items) == want

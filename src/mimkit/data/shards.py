@@ -20,6 +20,7 @@ seen exactly once per epoch.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 import webdataset as wds
+from PIL import Image
 from webdataset.shardlists import expand_urls
 
 from ..errors import UserError
@@ -80,12 +82,13 @@ def write_shards(
     with writer:
         for i in range(len(source)):
             try:
-                data = Path(source.paths[i]).read_bytes()
+                entry = source.read(i)  # a file path, or encoded bytes (hf: rows)
+                data = Path(entry).read_bytes() if isinstance(entry, str) else entry
+                ext = _extension(entry, data)
             except OSError as e:
                 missing += 1
                 log.warning("left out %s (%s)", source.paths[i], failure_reason(e))
                 continue
-            ext = Path(source.paths[i]).suffix.lower().lstrip(".") or "jpg"
             sample = {"__key__": f"{i:09d}", ext: data}
             if source.labels is not None:
                 sample["cls"] = int(source.labels[i])
@@ -103,6 +106,20 @@ def write_shards(
     }
     atomic_write_text(out / INDEX, json.dumps(index, indent=1) + "\n")
     return paths
+
+
+def _extension(entry: str | bytes, data: bytes) -> str:
+    """The member extension of a sample: the file's own, or the encoded format's."""
+    if isinstance(entry, str) and Path(entry).suffix:
+        return Path(entry).suffix.lower().lstrip(".")
+    try:
+        fmt = (Image.open(io.BytesIO(data)).format or "jpeg").lower()
+    except (OSError, Image.DecompressionBombError) as e:
+        raise OSError(f"not an image: {e}") from e
+    ext = "jpg" if fmt == "jpeg" else fmt
+    if ext not in _IMAGE_KEYS:
+        raise OSError(f"{fmt} images cannot go into shards ({', '.join(_IMAGE_KEYS)})")
+    return ext
 
 
 # ---------------------------------------------------------------------------- opening
