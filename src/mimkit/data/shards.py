@@ -40,7 +40,7 @@ from ..errors import UserError
 from ..utils.io import atomic_write_text
 from ..utils.rng import seeded
 from .images import failure_reason, open_rgb
-from .loader import sample_seed
+from .loader import build_loader, sample_seed
 from .sources import IMAGE_EXTENSIONS, ImageSource
 
 log = logging.getLogger("mimkit")
@@ -106,6 +106,11 @@ def write_shards(
     }
     atomic_write_text(out / INDEX, json.dumps(index, indent=1) + "\n")
     return paths
+
+
+def _sample_name(sample: dict) -> str:
+    """``shard-000003.tar:000000042``, for messages about a skipped sample."""
+    return f"{shard_name(sample['__url__'])}:{sample['__key__']}"
 
 
 def _extension(entry: str | bytes, data: bytes) -> str:
@@ -303,16 +308,15 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _decode(self, sample: dict, epoch: int, rnd: int, bad: list):
         """(image, label), or None when the sample is skipped (and named in ``bad``)."""
         key = sample["__key__"]
-        name = f"{shard_name(sample['__url__'])}:{key}"
         data = next((sample[k] for k in _IMAGE_KEYS if k in sample), None)
         if data is None:
-            bad.append((name, "no image file in the sample"))
+            bad.append((_sample_name(sample), "no image file in the sample"))
             return None
         try:
             img = open_rgb(data, self.max_side)
             label = int(sample["cls"]) if "cls" in sample else -1
         except Exception as e:  # any decode failure: PIL raises many types
-            bad.append((name, failure_reason(e)))
+            bad.append((_sample_name(sample), failure_reason(e)))
             return None
         # a shard read again (its slot ran out) draws new augmentations for its samples
         ident = key if rnd == 0 else f"{key}#{rnd}"
@@ -344,15 +348,10 @@ class ShardLoader:
         dataset.check_slots(num_workers)  # here, not in a worker: one line, not a traceback
         self.dataset, self.sampler, self.batch_size = dataset, dataset, batch_size
         self.workers = max(num_workers, 1)
-        self.loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            collate_fn=collate_fn,
-            drop_last=True,
-            persistent_workers=num_workers > 0,
-            prefetch_factor=4 if num_workers > 0 else None,
+        # build_loader's settings, its own generator included (the global RNG holds the
+        # masking noise, which must resume exactly)
+        self.loader = build_loader(
+            dataset, batch_size, None, num_workers, True, pin_memory, collate_fn
         )
 
     def __len__(self) -> int:

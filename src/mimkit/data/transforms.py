@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from timm.data.transforms import str_to_interp_mode
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
@@ -16,13 +17,6 @@ def _to_normalized_tensor(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list:
         T.ToDtype(torch.float32, scale=True),
         T.Normalize(mean, std),
     ]
-
-
-_MODES = {
-    "bicubic": InterpolationMode.BICUBIC,
-    "bilinear": InterpolationMode.BILINEAR,
-    "nearest": InterpolationMode.NEAREST,
-}
 
 
 def pretrain_transform(img_size: int, min_scale: float = 0.2, hflip: bool = True) -> T.Compose:
@@ -49,7 +43,10 @@ def eval_transform(
 
     For tiny images (img_size < 64, e.g. CIFAR) no crop: resize straight to img_size.
     """
-    mode = _MODES.get(interpolation, InterpolationMode.BICUBIC)
+    try:  # timm's names (a pretrained_cfg's 'bicubic', 'lanczos', ...)
+        mode = str_to_interp_mode(interpolation)
+    except KeyError:  # e.g. 'random': evaluation stays deterministic
+        mode = InterpolationMode.BICUBIC
     if img_size < 64:
         ops = [T.Resize((img_size, img_size), interpolation=mode)]
     else:

@@ -95,12 +95,6 @@ class RunLogger:
             for tracker in self.trackers.values():
                 tracker.log_params(params)
 
-    @property
-    def tb(self):
-        """The TensorBoard SummaryWriter, when tensorboard is on (for extra plots)."""
-        tracker = self.trackers.get("tensorboard")
-        return tracker.writer if tracker is not None else None
-
     def write(self, record: dict) -> None:
         if not self.enabled:
             return

@@ -478,9 +478,6 @@ class _Window:
         n = max(s[1], 1)
         return s[0] / n, s[1], {k: s[2 + i] / n for i, k in enumerate(keys)}
 
-    def mean(self) -> float:
-        return self.reduce()[0]
-
 
 def _scalar(v) -> bool:
     return torch.is_tensor(v) and v.numel() == 1

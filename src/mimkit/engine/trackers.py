@@ -159,14 +159,12 @@ class WandbTracker(Tracker):
         )
         id_file.write_text(self.run.id + "\n")
         self.run.define_metric("*", step_metric="step")
-        self.step = 0
 
     def log_params(self, params: dict) -> None:
         self.run.config.update(params, allow_val_change=True)
 
     def log_metrics(self, record: dict) -> None:
-        self.step = record["step"]
-        self.run.log({"step": self.step, **scalars(record)})
+        self.run.log({"step": record["step"], **scalars(record)})
 
     def log_image(self, path: Path, name: str, step: int) -> None:
         import wandb

@@ -32,7 +32,7 @@ def create_timm(name: str, checkpoint: str | Path | None = None, **kwargs) -> nn
     import timm
 
     arch = name[len(PREFIX) :]
-    if arch not in timm.list_models():
+    if not timm.is_model(arch):  # also tagged names (vit_base_patch16_224.mae)
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
         hint = f": did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
         raise UserError(f"unknown timm model '{arch}'{hint}")

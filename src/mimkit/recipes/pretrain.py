@@ -161,7 +161,7 @@ def _pictures(model, source, out: Path, cfg: config_lib.Config, device) -> list[
         step = max(1, len(source) // 8)
         reconstruction_grid(
             model,
-            [source.read(i) for i in range(0, len(source), step)][:8],
+            [source.read(i) for i in range(0, len(source), step)[:8]],
             out / "reconstructions.png",
             cfg.model.mask_ratio,
             seed=cfg.train.seed,

@@ -155,16 +155,12 @@ def prepare_run_dir(cfg: config_lib.Config, resuming: bool) -> Path:
     """runs/<name> by default (numbered if taken); an explicit ``out`` holding a run is
     refused unless resuming, so a new run never overwrites another's checkpoints. Temp
     files of an interrupted write are removed."""
-    if cfg.out:
-        out = Path(cfg.out)
-        if not resuming and (out / LAST).exists():
-            raise UserError(
-                f"{out} already holds a run: continue it with --resume {out}, "
-                "or choose another --out"
-            )
-    else:
-        out = _free_dir(Path("runs") / (cfg.name or cfg.task))
-    out = Path(dist.broadcast_object(str(out)))
+    if cfg.out and not resuming and (Path(cfg.out) / LAST).exists():
+        raise UserError(
+            f"{cfg.out} already holds a run: continue it with --resume {cfg.out}, "
+            "or choose another --out"
+        )
+    out = Path(dist.broadcast_object(str(planned_run_dir(cfg))))
     cfg.out = str(out)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
