@@ -104,12 +104,12 @@ def test_teacher_goes_to_knn_visualize_and_probe(tmp_path, ibot_run, labeled_roo
 
 
 def test_last_blocks_probe_concatenates_cls_tokens():
-    from mimkit.eval.features import LastBlocks
+    from mimkit.eval.features import LastBlocks, encode
 
     vit = mimkit.create_model("vit", img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2)
     probe = LastBlocks(vit.eval(), 2)
     x = torch.randn(2, 3, 32, 32)
-    feats = probe.encode(x)
+    feats = encode(probe, x)
     assert feats.shape == (2, 64) and probe.num_features == 64
     with torch.no_grad():  # the last block's [CLS] through the final norm is the usual feature
         torch.testing.assert_close(feats[:, 32:], vit.forward_features(x)[:, 0])

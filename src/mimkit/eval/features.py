@@ -38,10 +38,7 @@ def set_pool(model, pool: str) -> None:
 
 
 def encode(model, imgs: torch.Tensor) -> torch.Tensor:
-    """imgs: (N, 3, H, W) -> features (N, D) through the backbone contract (or the
-    model's own ``encode``, e.g. ``LastBlocks``)."""
-    if hasattr(model, "encode"):
-        return model.encode(imgs)
+    """imgs: (N, 3, H, W) -> features (N, D) through the backbone contract."""
     return model.forward_head(model.forward_features(imgs), pre_logits=True)
 
 
@@ -62,7 +59,7 @@ class LastBlocks(torch.nn.Module):
         self.backbone, self.n, self.avg = backbone, n, avg
         self.num_features = backbone.num_features * (n + int(avg))
 
-    def encode(self, imgs: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         outs = self.backbone.forward_intermediates(
             imgs,
             indices=self.n,
@@ -75,6 +72,9 @@ class LastBlocks(torch.nn.Module):
         if self.avg:
             feats.append(outs[-1][0].mean(1))
         return torch.cat(feats, dim=-1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x  # the features are already pooled
 
     @property
     def patch_embed(self):  # the input size, for transforms
