@@ -252,6 +252,15 @@ def is_two_network(sd: dict) -> bool:
     return "teacher.backbone.patch_embed.proj.weight" in sd
 
 
+def network_checkpoint(ckpt: Checkpoint, network: str = "teacher") -> Checkpoint:
+    """A student/teacher file as the plain backbone of ``network``; others unchanged."""
+    if not is_two_network(ckpt.state_dict):
+        return ckpt
+    from .ibot import backbone_state_dict
+
+    return Checkpoint(backbone_state_dict(ckpt.state_dict, network), ckpt.meta, ckpt.path)
+
+
 def select_network(sd: dict, model: nn.Module, network: str = "teacher") -> dict:
     """The backbone of ``network`` when a student/teacher file goes into a plain model."""
     if not is_two_network(sd) or any(k.startswith("teacher.") for k in model.state_dict()):
@@ -381,9 +390,8 @@ def model_from_checkpoint(
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
     name, args = ckpt.meta.get("model_name"), dict(ckpt.meta.get("model_args") or {})
     if not name and kind == "encoder" and is_two_network(ckpt.state_dict):  # official iBOT
-        from .ibot import backbone_state_dict
-
-        name, args = "vit", infer_vit_args(backbone_state_dict(ckpt.state_dict, network))
+        ckpt = network_checkpoint(ckpt, network)  # split once: loaded below as a plain ViT
+        name, args = "vit", infer_vit_args(ckpt.state_dict)
     if not name:
         name, args = _infer_name_args(ckpt, kind)
     if kind in ("mae", "pretrain"):

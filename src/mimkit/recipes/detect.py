@@ -29,11 +29,10 @@ from ..eval.classify import layer_decay_groups
 from ..interop.checkpoint import (
     Checkpoint,
     infer_vit_args,
-    is_two_network,
     load_checkpoint,
+    network_checkpoint,
     read_checkpoint,
 )
-from ..interop.ibot import backbone_state_dict
 from ..models import create_encoder
 from ..utils.io import safe_torch_load
 from .registry import Recipe, register
@@ -57,9 +56,7 @@ def backbone_args(cfg: config_lib.Config) -> tuple[dict, Checkpoint | None]:
     ckpt = None
     if cfg.model.checkpoint and cfg.model.checkpoint != "none":
         ckpt = read_checkpoint(cfg.model.checkpoint, trust=cfg.trust_checkpoint)
-        if is_two_network(ckpt.state_dict):  # iBOT: the chosen network's backbone
-            sd = backbone_state_dict(ckpt.state_dict, str(cfg.model.checkpoint_network))
-            ckpt = Checkpoint(sd, ckpt.meta, ckpt.path)
+        ckpt = network_checkpoint(ckpt, str(cfg.model.checkpoint_network))  # iBOT: one net
         vit = infer_vit_args(ckpt.state_dict)
         pre = vit.get("img_size", 224)
     else:
