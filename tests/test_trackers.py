@@ -4,6 +4,7 @@ library's own files or API."""
 import json
 import struct
 import sys
+import time
 
 import pytest
 from PIL import Image
@@ -80,6 +81,8 @@ def _wandb_records(path):
             pos += block - pos % block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # a record still being written
+            return
         buf += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last piece of one
@@ -89,13 +92,31 @@ def _wandb_records(path):
             yield record
 
 
+def _complete_wandb_records(path, timeout=60.0):
+    """The run file's records once W&B's service has written all of them: ``run.finish()``
+    can return before the service flushes the file on a loaded machine (CI saw only part
+    of it), so shut the service down and wait for the closing ``exit`` record."""
+    import wandb
+
+    wandb.teardown()
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(_wandb_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            kinds = [r.WhichOneof("record_type") for r in records]
+            raise AssertionError(f"{path}: no exit record after {timeout:.0f} s: {kinds}")
+        time.sleep(0.5)
+
+
 def test_wandb_offline_run_holds_metrics_config_and_image(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     _log_run(tmp_path, ["wandb"], project="proj", tags=["tiny", "cpu"])
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    records = list(_wandb_records(run_file))
+    records = _complete_wandb_records(run_file)
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.project, run.display_name, list(run.tags)) == ("proj", "tiny", ["tiny", "cpu"])
     config = {}
