@@ -26,10 +26,13 @@ FULL = SHARED / "ibot_official_checkpoint_tiny.pth"
 TEACHER = SHARED / "ibot_official_checkpoint_teacher_tiny.pth"
 needs_fixtures = pytest.mark.skipif(not TRAJ.is_file(), reason="official iBOT fixtures absent")
 
-# Machine-level fp32 noise: the fixture's own forward differs from an exact transcription
-# of the official ViT run here by up to 1e-6 on its probe tokens (both are equally far from
-# a float64 run), and lr 0.005 amplifies that to ~1.3e-5 in the step-4 [CLS] loss.
-LOSS_ATOL = 2e-5
+# The fixture was made with the official ViT's explicit attention (q @ k^T, softmax, @ v)
+# and without oneDNN kernels; run with the same kernels, our losses are within 2.4e-6 of
+# it (measured). With this machine's defaults (oneDNN convolution/linear, fused SDPA) the
+# rounding differs by ~1e-7 per op and lr 0.005 amplifies it to 1.3e-5 in the step-4
+# [CLS] loss (also measured): that path is bounded by DEFAULT_KERNELS_LOSS_ATOL.
+LOSS_ATOL = 1e-5
+DEFAULT_KERNELS_LOSS_ATOL = 3e-5
 WEIGHT_ATOL = 1e-5
 # The key bias of qkv gets a gradient that is zero in exact arithmetic (softmax ignores a
 # per-query constant); Adam (eps 1e-8) turns its ~1e-10 rounding noise into steps of
@@ -128,11 +131,23 @@ class RecordingTask(IBOTTask):
         return out
 
 
-def run_trajectory(traj, tmp_path, task_kw=None, loop_kw=None, groups=None):
-    """The fixture's 6 iterations through the real Trainer; returns (model, task)."""
+def run_trajectory(traj, tmp_path, task_kw=None, loop_kw=None, groups=None, official=True):
+    """The fixture's 6 iterations through the real Trainer; returns (model, task).
+    ``official``: the fixture's kernels (explicit attention, no oneDNN); only the
+    arithmetic order changes, not a rule."""
     c = traj["config"]
     model = tiny_ibot(c)
     load_init(model, traj)
+    if official:
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = False
+    with torch.backends.mkldnn.flags(enabled=not official):
+        return _fit_trajectory(traj, model, tmp_path, task_kw, loop_kw, groups)
+
+
+def _fit_trajectory(traj, model, tmp_path, task_kw, loop_kw, groups):
+    c = traj["config"]
     task = RecordingTask.from_model(
         model, c["epochs"], c["iters_per_epoch"], c["weight_decay"], c["clip_grad"]
     )
@@ -194,13 +209,14 @@ def trajectory_errors(traj, model, task) -> dict[str, float]:
 
 
 @needs_fixtures
-def test_official_trajectory_through_the_trainer(traj, tmp_path):
-    model, task = run_trajectory(traj, tmp_path)
+@pytest.mark.parametrize("kernels", ["official", "default"])
+def test_official_trajectory_through_the_trainer(traj, tmp_path, kernels):
+    model, task = run_trajectory(traj, tmp_path, official=kernels == "official")
     err = trajectory_errors(traj, model, task)
-    print("largest differences:", {k: f"{v:.2e}" for k, v in err.items()})
+    print(kernels, "kernels, largest differences:", {k: f"{v:.2e}" for k, v in err.items()})
     assert [r["step"] for r in task.log] == list(range(6))
     assert err["schedules"] == 0.0  # lr, wd (group 0; group 1 stays 0), momentum, temps
-    assert err["loss"] < LOSS_ATOL
+    assert err["loss"] < (LOSS_ATOL if kernels == "official" else DEFAULT_KERNELS_LOSS_ATOL)
     assert err["student"] < WEIGHT_ATOL and err["teacher"] < WEIGHT_ATOL
     assert err["student_key_bias"] < KEY_BIAS_ATOL and err["teacher_key_bias"] < KEY_BIAS_ATOL
     assert err["center"] < WEIGHT_ATOL and err["center2"] < WEIGHT_ATOL
