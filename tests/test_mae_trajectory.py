@@ -11,7 +11,6 @@ task and criterion, and the one ``Trainer``.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +26,9 @@ from mimkit.recipes.classify import mixup_and_loss
 from mimkit.recipes.pretrain import PretrainTask, build_model
 from mimkit.recipes.run import RunContext
 
-TRAJ = Path("/work/shared/interop/mae_official_trajectory.pt")
+from .conftest import SHARED_DIR
+
+TRAJ = SHARED_DIR / "interop" / "mae_official_trajectory.pt"
 pytestmark = pytest.mark.skipif(not TRAJ.is_file(), reason="official MAE trajectory absent")
 
 LOSS_ATOL = 1e-5

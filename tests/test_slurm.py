@@ -56,7 +56,7 @@ def _children(pid: int) -> list[int]:
     return [int(k) for k in kids]
 
 
-def _preempt_after_first_epoch(job, run: Path, timeout: float = 60.0) -> None:
+def _preempt_after_first_epoch(job, run: Path, timeout: float = 300.0) -> None:
     """Freeze the tasks as soon as epoch 1's checkpoint exists, send them Slurm's
     preemption signal (USR2), and let them go on: rank 0 checkpoints and requeues."""
     end = time.time() + timeout
@@ -103,7 +103,7 @@ def test_cli_slurm_flag_submits_the_same_command(tmp_path, image_folder, capsys)
     assert main([*argv, "--slurm", spec]) == 0
     printed = capsys.readouterr().out
     assert "submitted job" in printed and str(out) in printed
-    end = time.time() + 180
+    end = time.time() + 300  # a guard against a job that never runs, not a speed target
     while not (out / "checkpoint-last.pth").exists():  # the job runs on its own
         assert time.time() < end, "the submitted job wrote no checkpoint"
         time.sleep(0.5)

@@ -1,14 +1,14 @@
 """ViTDet backbone pieces: window partition, window vs global attention, zero-init relative
 bias keeps the pretrained ViT's outputs, MAE weights load unchanged, pyramid strides."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 import mimkit
 from mimkit.detection import SimpleFeaturePyramid, ViTDetBackbone
 from mimkit.detection.vitdet import RelPosAttention, window_partition, window_unpartition
+
+from .conftest import SHARED_DIR
 
 
 def test_window_partition_round_trip_with_padding():
@@ -89,7 +89,7 @@ def test_residual_blocks_start_as_identity():
     torch.testing.assert_close(conv(x), plain(x))
 
 
-COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128.tar.gz"
+COCO128 = SHARED_DIR / "data" / "coco128.tar.gz"
 
 
 @pytest.fixture(scope="module")
