@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -26,11 +27,10 @@ from PIL import Image
 import mimkit
 from mimkit.cli import main
 from mimkit.errors import NonFiniteLossError, UserError
-from mimkit.interop.checkpoint import read_checkpoint
 
-from .conftest import CIFAR_MINI, ROOT, TINY_MAE, TORCHRUN_MIMKIT
+from .conftest import CIFAR_MINI, SHARED_DIR, TINY_MAE, TORCHRUN_MIMKIT
 
-SHARED = ROOT.parent / "shared" / "interop"
+SHARED = SHARED_DIR / "interop"
 
 
 def _run(capsys, *args):
@@ -104,9 +104,14 @@ def test_payload_checkpoint_is_refused_by_every_command(payload_file, labeled_ro
     with pytest.raises(UserError, match="could run code"):
         mimkit.load_checkpoint(mimkit.create_model("vit_tiny_cifar"), path)
     assert not marker.exists()
-    # the explicit opt-in loads it (and, as promised, runs what the file holds)
-    read_checkpoint(path, trust=True)
-    assert marker.exists()
+    no_cache = {"eval.cache_dir": "none"}
+    with pytest.raises(UserError, match=r"trust=True in Python"):
+        mimkit.knn(path, data=labeled_root, out=path.parent / "py-knn", **no_cache)
+    assert not marker.exists()
+    # the explicit opt-in loads it (and, as promised, runs what the file holds), with the
+    # keyword the message names
+    knn = mimkit.knn(path, data=labeled_root, out=path.parent / "py-knn2", trust=True, **no_cache)
+    assert marker.exists() and 0 <= knn["top1"] <= 100
 
 
 def test_official_layouts_with_plain_objects_still_load(tmp_path):
@@ -149,16 +154,25 @@ def test_one_failing_rank_stops_the_whole_run_within_a_minute(tmp_path, image_fo
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-    t0 = time.monotonic()
+    lines = []  # (arrival time, line): the clock starts when rank 0 reports its failure,
+    reader = threading.Thread(  # not at launch (start-up time depends on the machine's load)
+        target=lambda: lines.extend((time.monotonic(), line) for line in proc.stdout)
+    )
+    reader.start()
     try:
-        output, _ = proc.communicate(timeout=90)
+        proc.wait(timeout=240)  # a hang waits for the 5-minute collective timeout
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        proc.wait()
         pytest.fail("the 2-process run hung after rank 0 failed")
-    elapsed = time.monotonic() - t0
+    finally:
+        reader.join()
+    ended = time.monotonic()
+    output = "".join(line for _, line in lines)
+    failed_at = next((t for t, line in lines if "cannot write" in line), None)
     assert proc.returncode != 0
-    assert elapsed < 60, elapsed
+    assert failed_at is not None, output[-2000:]
+    assert ended - failed_at < 60, ended - failed_at
     assert "cannot write" in output and "checkpoint-0001.pth" in output, output[-2000:]
 
 
@@ -234,6 +248,17 @@ def test_cli_write_failure_is_one_line(tmp_path, image_folder):
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_the_log_is_one_line(tmp_path, image_folder, capsys):
+    """Every write names its file: the JSONL log on a full device (/dev/full: ENOSPC)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").symlink_to("/dev/full")
+    code, _, err = _pretrain(image_folder, out, "--epochs", 1, capsys=capsys)
+    assert code == 1 and _one_error_line(err), err
+    assert f"cannot write {out / 'log.jsonl'}: No space left on device" in err, err
+
+
 def test_stale_temp_files_are_removed_at_the_next_start(tmp_path, image_folder):
     out = tmp_path / "run"
     assert _pretrain(image_folder, out, "--epochs", 1) == 0
@@ -262,17 +287,32 @@ def test_a_failed_resume_leaves_the_config_and_says_which_model(tmp_path, image_
 # ---------------------------------------------------------------------------- 6. not a checkpoint
 
 
-@pytest.mark.parametrize("content", ["empty", "random", "text", "jpeg"])
+NOT_CHECKPOINTS = {  # content -> the cause the message gives
+    "empty": "empty file",
+    "random": "not a torch file",
+    "text": "not a torch file",
+    "bad_pickle": "unreadable pickle",
+    "jpeg": "it is a JPEG image",
+    "truncated": "truncated or damaged",
+}
+
+
+@pytest.mark.parametrize("content", list(NOT_CHECKPOINTS))
 def test_files_that_are_not_checkpoints_are_one_line(tmp_path, labeled_root, capsys, content):
     path = tmp_path / "model.pth"
+    if content == "truncated":
+        torch.save({"model": mimkit.create_model("vit_tiny_cifar").state_dict()}, path)
     data = {
-        "empty": b"",
-        "random": np.random.default_rng(0).bytes(4096),
-        "text": b"this is a text file, not a checkpoint\n",
-        "jpeg": next((CIFAR_MINI / "test" / "cat").iterdir()).read_bytes(),
-    }[content]
+        "empty": lambda: b"",
+        "random": lambda: np.random.default_rng(0).bytes(4096),
+        "text": lambda: b"this is a text file, not a checkpoint\n",
+        "bad_pickle": lambda: b"\x80\x02" + np.random.default_rng(0).bytes(4096),
+        "jpeg": lambda: next((CIFAR_MINI / "test" / "cat").iterdir()).read_bytes(),
+        "truncated": lambda: path.read_bytes()[: path.stat().st_size // 2],
+    }[content]()
     path.write_bytes(data)
-    with pytest.raises(UserError, match="is not a checkpoint"):
+    cause = NOT_CHECKPOINTS[content]
+    with pytest.raises(UserError, match=f"is not a checkpoint \\({cause}"):
         mimkit.load_checkpoint(mimkit.create_model("vit_tiny_cifar"), path)
     img = next((labeled_root / "val" / "cat").iterdir())
     for cmd in (
@@ -281,7 +321,8 @@ def test_files_that_are_not_checkpoints_are_one_line(tmp_path, labeled_root, cap
         ["pretrain", "--resume", path],
     ):
         code, _, err = _run(capsys, *cmd)
-        assert code == 2 and "is not a checkpoint" in err, (cmd, err)
+        assert code == 2 and "is not a checkpoint" in err and cause in err, (cmd, err)
+        assert "weights_only" not in err  # torch's advice to load unsafely is not passed on
         assert _one_error_line(err)
 
 
@@ -343,6 +384,25 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     assert np.array_equal(out[0, :, 0], np.arange(256))
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "I;16"])
+def test_detection_reads_every_mode_as_the_classifiers_do(tmp_path, mode):
+    """The detection paths' tensor decoder gives open_rgb's pixels (16-bit scaled to 8,
+    alpha composited on white), as uint8 (a uint16 tensor / 255 fed values up to 257)."""
+    from mimkit.data.images import open_rgb, read_rgb_tensor
+
+    ramp = np.tile((np.arange(64, dtype=np.uint32) * 1040).astype(np.uint16), (8, 1))
+    if mode == "I;16":
+        img = Image.fromarray(ramp)
+    else:
+        rgba = np.stack([ramp >> 8, ramp[::-1] >> 8, ramp >> 9, ramp >> 8], -1).astype(np.uint8)
+        img = Image.fromarray(rgba, "RGBA").convert(mode)
+    path = tmp_path / "img.png"
+    img.save(path)
+    t = read_rgb_tensor(path)
+    assert t.dtype == torch.uint8 and t.shape == (3, 8, 64)
+    assert torch.equal(t.permute(1, 2, 0), torch.from_numpy(np.array(open_rgb(path))))
+
+
 # ---------------------------------------------------------------------------- 10-12. config
 
 
@@ -351,6 +411,15 @@ def test_mask_ratio_zero_is_refused_up_front(tmp_path, image_folder, capsys):
         image_folder, tmp_path / "r", "--epochs", 1, "model.mask_ratio=0.0", capsys=capsys
     )
     assert code == 2 and "model.mask_ratio" in err and _one_error_line(err)
+
+
+@pytest.mark.parametrize("ratio", [0, 1, 1.5])
+def test_visualize_mask_ratio_outside_0_1_is_one_line(tiny_mae_ckpt, image_folder, capsys, ratio):
+    img = next(iter(sorted(image_folder.iterdir())))
+    code, _, err = _run(
+        capsys, "visualize", "--checkpoint", tiny_mae_ckpt, "--images", img, "--mask-ratio", ratio
+    )
+    assert code == 2 and "mask ratio must be between 0 and 1" in err and _one_error_line(err), err
 
 
 def test_nan_message_does_not_guess_a_cause():
@@ -365,20 +434,19 @@ def test_nan_message_does_not_guess_a_cause():
     assert "lower lr" not in message and "no checkpoint exists yet" in message
 
 
-def test_model_arguments_that_do_not_fit_are_one_line(tmp_path, image_folder, capsys):
-    code, _, err = _run(
-        capsys,
-        "pretrain",
-        "--config",
-        "mae_vit_tiny_cifar",
-        "--data",
-        image_folder,
-        "--out",
-        tmp_path / "r",
-        "model.args.decoder_embed_dim=128",
-        "--dry-run",
-    )
-    assert code == 0  # --dry-run only resolves the config
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("model.args.decoder_embed_dim=130", "decoder_embed_dim=130"),  # heads do not divide
+        ("model.args.num_heads=0", "num_heads=0 must be at least 1"),
+        ("model.args.depth=0", "depth=0 must be at least 1"),
+        ("train.epochs=[1", "override 'train.epochs=[1': the value is not valid YAML"),
+        ("train.dist_timeout_min=0", "'train.dist_timeout_min' must be above 0"),
+    ],
+)
+def test_model_arguments_that_do_not_fit_are_one_line(
+    tmp_path, image_folder, capsys, override, says
+):
     code, _, err = _run(
         capsys,
         "pretrain",
@@ -390,10 +458,12 @@ def test_model_arguments_that_do_not_fit_are_one_line(tmp_path, image_folder, ca
         tmp_path / "r",
         "--batch-size",
         16,
-        "model.args.decoder_embed_dim=130",
+        "--epochs",
+        1,
+        override,
     )
     assert code == 2 and _one_error_line(err), err
-    assert "mae_vit_tiny_cifar" in err and "decoder_embed_dim=130" in err
+    assert says in err, err
 
 
 def test_yaml_syntax_error_names_file_line_and_column(tmp_path, capsys):
@@ -461,6 +531,8 @@ def test_linprobe_on_a_small_labeled_set_clamps_its_batch(tmp_path, tiny_mae_ckp
     )
     assert code == 0  # default batch 512 > 64 train images
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 32
+    # the run folder says which batch ran (and the lr was derived from it)
+    assert "batch_size: 64" in (out / "config.yaml").read_text()
 
 
 def test_file_lists_with_disjoint_labels_are_refused(tmp_path, capsys):

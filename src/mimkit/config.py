@@ -292,19 +292,31 @@ def _load_yaml(path: Path) -> DictConfig:
     import yaml
 
     try:
-        return OmegaConf.load(path)
+        cfg = OmegaConf.load(path)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{where}: YAML syntax error: {what}") from None
+    if not isinstance(cfg, DictConfig):  # a list, or a scalar, at the top
+        raise UserError(f"{path}: a preset must be a mapping of keys (e.g. 'train:'), not a list")
+    return cfg
 
 
 def _parse_overrides(overrides) -> DictConfig:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise UserError(f"override '{item}' is not key=value (e.g. train.epochs=10)")
-    return OmegaConf.from_dotlist(list(overrides))
+    import yaml
+
+    layers = []
+    for item in overrides:  # one at a time, so an error names the override
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except yaml.YAMLError as e:
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"override '{item}': the value is not valid YAML ({what})") from None
+    return OmegaConf.merge(*layers) if layers else OmegaConf.create({})
 
 
 def _unknown_key_message(e: ConfigKeyError, schema: type) -> str:
@@ -355,6 +367,15 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"config key '{key}' must be at least 1, got {value}")
+    if not cfg.train.dist_timeout_min > 0:
+        raise UserError(
+            f"config key 'train.dist_timeout_min' must be above 0, got {cfg.train.dist_timeout_min}"
+        )
+    if cfg.train.max_abs_weight is not None and not cfg.train.max_abs_weight > 0:
+        raise UserError(
+            f"config key 'train.max_abs_weight' must be above 0 (null turns the check off), "
+            f"got {cfg.train.max_abs_weight}"
+        )
     if cfg.train.epochs < 0 or cfg.data.num_workers < 0:
         raise UserError("config keys 'train.epochs' and 'data.num_workers' must not be negative")
     if any(k < 1 for k in cfg.eval.knn_k):

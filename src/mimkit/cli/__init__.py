@@ -6,6 +6,7 @@ Below this package every function takes explicit, typed arguments.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from ..errors import NonFiniteLossError, UserError, one_line
@@ -70,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         _say("error", one_line(e))
         code = 2
     except WriteError as e:
-        _say("error", str(e))
+        _say("error", e.strerror or str(e))  # its message, without the "[Errno N]" prefix
+    except OSError as e:  # a full disk, a quota, a read-only folder: say which file and why
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        _say("error", f"{e.filename or 'a file'}: {e.strerror}")
     except NonFiniteLossError as e:
         _say("stopped", str(e))
     except KeyboardInterrupt:
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         # Leaving the group and exiting non-zero lets torchrun stop them.
         distributed.shutdown(failed=code != 0)
     return code
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _say(kind: str, message: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..utils import distributed as dist
-from ..utils.io import atomic_write_text
+from ..utils.io import WriteError, atomic_write_text
 from . import trackers as T
 
 log = logging.getLogger("mimkit")
@@ -99,8 +99,11 @@ class RunLogger:
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), **record}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, default=_jsonable) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record, default=_jsonable) + "\n")
+        except OSError as e:  # full disk, quota: one line naming the log (earlier lines stay)
+            raise WriteError(e.errno, f"cannot write {self.path}: {e.strerror}") from None
         if "step" in record:
             self.step = record["step"]
             for tracker in self.trackers.values():

@@ -52,6 +52,7 @@ def create_model(name: str, **overrides) -> nn.Module:
         hint = f"did you mean {', '.join(close)}?" if close else "see `mimkit models`"
         raise UserError(f"unknown model '{name}': {hint}")
     fn = _MODELS[name]
+    _check_sizes(name, overrides)
     try:
         model = fn(**overrides)
     except UserError:
@@ -59,12 +60,26 @@ def create_model(name: str, **overrides) -> nn.Module:
     except TypeError as e:  # unknown keyword: say which and what is allowed
         allowed = _allowed_args(fn)
         raise UserError(f"model '{name}': {e} (accepted: {', '.join(allowed)})") from None
-    except (AssertionError, ValueError, RuntimeError) as e:  # e.g. timm's shape asserts
+    except (AssertionError, ValueError, RuntimeError, ArithmeticError, LookupError) as e:
+        # e.g. timm's shape asserts, a head count of 0
         given = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "its defaults"
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"model '{name}' cannot be built with {given}: {why}") from None
     model.model_name = name
     return model
+
+
+# Sizes that must be positive integers (a 0 would build a network that fails at its first
+# forward, far from the setting that caused it).
+_POSITIVE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim")
+_POSITIVE += ("decoder_num_heads",)
+
+
+def _check_sizes(name: str, overrides: dict) -> None:
+    for key in _POSITIVE:
+        v = overrides.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 1:
+            raise UserError(f"model '{name}': {key}={v} must be at least 1 (model.args.{key})")
 
 
 def create_encoder(name: str, **overrides) -> nn.Module:

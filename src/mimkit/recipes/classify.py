@@ -24,7 +24,7 @@ from ..viz.curves import plot_curves
 from .backbone import load_backbone, split_features, write_metrics
 from .registry import Recipe, register
 from .results import ClassifyResult
-from .run import RunContext, fit, start
+from .run import RunContext, fit, save_config, start
 
 log = logging.getLogger("mimkit")
 
@@ -209,8 +209,9 @@ def mixup_and_loss(ft: config_lib.FinetuneConfig, num_classes: int, batch_size: 
 
 
 def _clamp_batch(cfg: config_lib.Config, n: int) -> None:
-    """Cached features: a batch larger than the data is clamped to it (with a note), so
-    a small labeled set works with the ImageNet-sized default batch."""
+    """Cached features: a batch larger than the data is clamped to it (with a note, and in
+    the run folder's config.yaml), so a small labeled set works with the ImageNet-sized
+    default batch."""
     per_rank = -(-n // dist.world_size())
     if cfg.data.batch_size > per_rank:
         log.info(
@@ -220,6 +221,8 @@ def _clamp_batch(cfg: config_lib.Config, n: int) -> None:
             per_rank,
         )
         cfg.data.batch_size = per_rank
+        if cfg.out and (Path(cfg.out) / "config.yaml").is_file():  # the batch that runs
+            save_config(cfg)
 
 
 def _fit_classifier(

@@ -149,6 +149,10 @@ def safe_torch_load(path: str | Path, trust: bool = False, what: str = "checkpoi
         raise UserError(f"{what} not found: {path}")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is not a {what} (empty file)")
+    kind = _what_file(path)
+    if kind:
+        prefix = "it is " if kind.startswith("a ") else ""
+        raise UserError(f"{path} is not a {what} ({prefix}{kind})")
     if trust:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -171,6 +175,30 @@ def safe_torch_load(path: str | Path, trust: bool = False, what: str = "checkpoi
 
 
 def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    """The cause in a few words: torch's messages start with advice (retry with
+    ``weights_only=False``) that would be wrong here, the cause comes later."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # not a pickle torch understands
+        after = text.split("WeightsUnpickler error:", 1)[1]
+        cause = next((line.strip() for line in after.splitlines() if line.strip()), "")
+        return f"unreadable pickle: {cause}" if cause else "unreadable pickle"
+    if "central directory" in text:
+        return "truncated or damaged: its zip archive has no central directory"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     text = lines[0] if lines else type(e).__name__
     return text if len(text) < 160 else text[:157] + "..."
+
+
+# First bytes of files users pass by mistake where a checkpoint belongs.
+_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image"}
+
+
+def _what_file(path: Path) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    kind = next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
+    if kind is None and head[8:9] == b"{":  # u64 header length, then its JSON
+        kind = "a safetensors file: name it *.safetensors"
+    if kind is None and not head.startswith((b"PK", b"\x80")):  # torch writes zip or pickle
+        kind = "not a torch file: neither a zip archive nor a pickle"
+    return kind

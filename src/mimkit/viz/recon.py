@@ -150,6 +150,11 @@ def reconstruction_grid(
     masked-patch loss. MAE: random masks from ``seed``; LoMaR: its windows and masks."""
     from ..data.images import failure_reason, open_rgb
 
+    if mask_ratio is not None and not 0.0 < mask_ratio < 1.0:
+        raise UserError(
+            f"mask ratio must be between 0 and 1 (exclusive: the loss is taken on the masked "
+            f"patches), got {mask_ratio}"
+        )
     transform = eval_transform(model.patch_embed.img_size[0])
     images = []
     for p in paths:
