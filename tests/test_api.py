@@ -8,9 +8,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,6 +95,15 @@ def test_knn_linprobe_qscore_from_python(run, labeled_root, tmp_path):
     scores = [float(r["qscore"]) for r in rows]
     assert len(rows) == 32 and scores == sorted(scores)  # every val image, lowest first
 
+    # the CLI's --model as a keyword: a random-init baseline of another network
+    base = mimkit.knn(
+        "none", model="vit_tiny_cifar", data=labeled_root, out=tmp_path / "b", **NO_CACHE
+    )
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["model"]["name"] == (
+        "vit_tiny_cifar"
+    )
+    assert 0 <= base["top1"] <= 100
+
 
 def test_finetune_and_train_from_python(run, labeled_root, tmp_path):
     ft = mimkit.finetune(
@@ -162,12 +173,19 @@ def test_detect_train_evaluate_predict_from_python(coco128, tmp_path):  # noqa: 
         det.checkpoint, images=images, ann=ann, out=tmp_path / "ev", max_images=2
     )
     assert ev["num_images"] == 2 and (tmp_path / "ev" / "metrics.json").is_file()
-    first = sorted(images.iterdir())[0]
+    folder = tmp_path / "to-draw"  # a folder: its images, an unreadable one skipped
+    folder.mkdir()
+    for src in sorted(images.iterdir())[:2]:
+        shutil.copy(src, folder / src.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     preds = mimkit.detect.predict(
-        det.checkpoint, images=first, out=tmp_path / "drawn", score_threshold=0.0
+        det.checkpoint, images=folder, out=tmp_path / "drawn", score_threshold=0.0
     )
-    assert (tmp_path / "drawn").is_dir() and any((tmp_path / "drawn").iterdir())
-    (row,) = preds
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == sorted(
+        Path(r["image"]).stem + ".png" for r in preds
+    )
+    assert [Path(r["image"]).name for r in preds] == sorted(p.name for p in images.iterdir())[:2]
+    row = preds[0]
     assert len(row["boxes"]) == len(row["labels"]) == len(row["scores"]) == row["detections"]
     # (two training steps leave Mask R-CNN below its own 0.05 box-score floor: often none)
     assert all(s >= row["threshold"] for s in row["scores"])

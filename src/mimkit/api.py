@@ -35,6 +35,7 @@ SHORT_KEYS = {
     "batch_size": "data.batch_size",
     "device": "train.device",
     "checkpoint": "model.checkpoint",
+    "model": "model.name",
     "pool": "eval.pool",
     "out": "out",
     "name": "name",
@@ -56,13 +57,14 @@ def run_job(
     task: str,
     config: str | None = None,
     resume: str | Path | None = None,
-    trust_checkpoint: bool = False,
+    trust: bool = False,
     **kwargs,
 ):
-    """Resolve the config for ``task`` and run its recipe (the CLI does the same)."""
-    cfg, resume_path = resolve(
-        task, config, values=_values(kwargs), resume=resume, trust=trust_checkpoint
-    )
+    """Resolve the config for ``task`` and run its recipe (the CLI does the same).
+    ``trust=True`` (the CLI's ``--trust-checkpoint``) loads checkpoints holding pickled
+    objects beyond plain types: only for files you trust."""
+    trust = trust or bool(kwargs.pop("trust_checkpoint", False))
+    cfg, resume_path = resolve(task, config, values=_values(kwargs), resume=resume, trust=trust)
     return get_recipe(task).run(cfg, resume_path)
 
 

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     e.set_defaults(func=cmd_eval)
     r = actions.add_parser("predict", help="draw boxes, masks and labels on images (PNG)")
     r.add_argument("--checkpoint", required=True, help="a `mimkit detect train` checkpoint")
-    r.add_argument("--images", nargs="+", required=True, help="image files")
+    r.add_argument("--images", nargs="+", required=True, help="image files or folders")
     r.add_argument("--out", default="detections", help="folder for the PNGs")
     r.add_argument(
         "--score-threshold",

@@ -37,6 +37,26 @@ def open_rgb(src: str | Path | bytes, max_side: int | None = None) -> Image.Imag
             return to_rgb(img)
 
 
+def read_rgb_tensor(path: str | Path):
+    """A file -> (3, H, W) uint8 tensor by ``open_rgb``'s conversion rules: torchvision's
+    decoder (libjpeg-turbo, no PIL round trip) for 8-bit RGB and grayscale images,
+    ``open_rgb`` for the rest (torchvision returns 16-bit PNGs as uint16 and drops alpha
+    instead of compositing it). The decompression-bomb limit applies to both."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    with Image.open(path) as header:  # reads the header only: size and mode
+        small, mode = header.width * header.height <= Image.MAX_IMAGE_PIXELS, header.mode
+    if small and mode in ("RGB", "L"):  # transparency, palettes, CMYK: open_rgb's rules
+        try:
+            img = decode_image(read_file(str(path)), ImageReadMode.RGB)
+            if img.dtype == torch.uint8:
+                return img
+        except RuntimeError:  # a variant torchvision does not read: PIL's turn
+            pass
+    return torch.from_numpy(np.array(open_rgb(path))).permute(2, 0, 1).contiguous()
+
+
 def _reduce(img: Image.Image, max_side: int | None) -> Image.Image:
     if not max_side:
         return img

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
 
+from ..data.images import read_rgb_tensor
 from ..errors import UserError
 
 
@@ -39,7 +39,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def __getitem__(self, i):
         i = i[0] if isinstance(i, tuple) else i  # the sampler's (index, seed)
         info = self.images[self.ids[i]]
-        img = decode_image(read_file(str(self.root / info["file_name"])), ImageReadMode.RGB)
+        img = read_rgb_tensor(self.root / info["file_name"])
         h, w = img.shape[1:]
         anns = [a for a in self.anns[info["id"]] if not a.get("iscrowd", 0)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)

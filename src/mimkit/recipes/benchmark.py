@@ -46,11 +46,11 @@ class SyntheticLoader:
             yield dict(self.batch)
 
 
-def synthetic_batch(model, batch_size: int, device: torch.device) -> dict:
+def synthetic_batch(model, batch_size: int, device: torch.device, seed: int = 0) -> dict:
     """Random images (and, for iBOT, multi-crop views with block masks) of the model's size."""
     from ..models.ibot import IBOT
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     size = model.patch_embed.img_size[0] if hasattr(model, "patch_embed") else model.img_size
     images = lambda s: torch.randn(batch_size, 3, s, s, generator=g).to(device)
     if isinstance(model, IBOT):
@@ -193,7 +193,7 @@ def device_name(device: torch.device) -> str:
 def run(cfg: config_lib.Config, resume: Path | None = None) -> BenchmarkResult:
     from .pretrain import pretrain_loader
 
-    if dist.world_size() > 1:
+    if dist.launched() or dist.world_size() > 1:
         raise UserError("benchmark measures one device: run it without torchrun")
     device = dist.resolve_device(cfg.train.device)
     resolved = precision_lib.resolve_with_reason(str(cfg.train.precision), device)

@@ -225,8 +225,11 @@ def predict(
     """Draw boxes, masks and labels on images (PNG per image); the threshold defaults to
     the training config's ``detect.score_threshold``. Returns one row per image: its PNG,
     and the kept detections' boxes (x1, y1, x2, y2 in pixels), class names and scores."""
-    from torchvision.io import ImageReadMode, decode_image, read_file, write_png
+    from torchvision.io import write_png
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    from ..data.images import failure_reason, read_rgb_tensor
+    from ..data.sources import collect_images
 
     dev = dist.resolve_device(device)
     model, state = load_detector(checkpoint, dev, trust)
@@ -236,10 +239,15 @@ def predict(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path in images:
-        if not Path(path).is_file():
-            raise UserError(f"image not found: {path}")
-        img = decode_image(read_file(str(path)), ImageReadMode.RGB)
+    for item in images:  # a folder gives its images, as for predict and visualize
+        if not Path(item).exists():
+            raise UserError(f"image not found: {item}")
+    for path in collect_images([str(p) for p in images]):
+        try:
+            img = read_rgb_tensor(path)
+        except Exception as e:  # any decode failure: named, and the others still drawn
+            log.warning("skipped unreadable image %s (%s)", path, failure_reason(e))
+            continue
         pred = model([img.float().div(255).to(dev)])[0]
         keep = pred["scores"] >= score_threshold
         canvas = img
