@@ -4,13 +4,13 @@ Trainer, the two official checkpoint layouts, block masks, EMA and loss rules.""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 from PIL import Image
 
+from mimkit.config import load_config
 from mimkit.data.datasets import seeded
 from mimkit.data.multicrop import MultiCropTransform, multicrop_collate
 from mimkit.engine.loop import LoopConfig, Trainer
@@ -19,8 +19,12 @@ from mimkit.interop import ibot as interop
 from mimkit.masking import block_mask, draw_pred_ratio
 from mimkit.models import create_encoder, create_model
 from mimkit.models.ibot import IBOT, IBOTTask, ibot_loss
+from mimkit.recipes.pretrain import _training_parts
+from mimkit.recipes.run import RunContext
 
-SHARED = Path("/work/shared/interop")
+from .conftest import SHARED_DIR
+
+SHARED = SHARED_DIR / "interop"
 TRAJ = SHARED / "ibot_official_trajectory.pt"
 FULL = SHARED / "ibot_official_checkpoint_tiny.pth"
 TEACHER = SHARED / "ibot_official_checkpoint_teacher_tiny.pth"
@@ -31,6 +35,7 @@ needs_fixtures = pytest.mark.skipif(not TRAJ.is_file(), reason="official iBOT fi
 # it (measured). With this machine's defaults (oneDNN convolution/linear, fused SDPA) the
 # rounding differs by ~1e-7 per op and lr 0.005 amplifies it to 1.3e-5 in the step-4
 # [CLS] loss (also measured): that path is bounded by DEFAULT_KERNELS_LOSS_ATOL.
+CPU = torch.device("cpu")
 LOSS_ATOL = 1e-5
 DEFAULT_KERNELS_LOSS_ATOL = 3e-5
 WEIGHT_ATOL = 1e-5
@@ -147,28 +152,38 @@ def run_trajectory(traj, tmp_path, task_kw=None, loop_kw=None, groups=None, offi
 
 
 def _fit_trajectory(traj, model, tmp_path, task_kw, loop_kw, groups):
+    """Fit as the CLI does: the iBOT preset's optimisation keys with the fixture's values,
+    ``recipes.pretrain._training_parts`` (task, optimizer groups and betas, per-iteration
+    schedule, per-parameter clipping) and the run context's loop settings; a wrong rule
+    replaces one piece."""
     c = traj["config"]
-    task = RecordingTask.from_model(
-        model, c["epochs"], c["iters_per_epoch"], c["weight_decay"], c["clip_grad"]
-    )
+    overrides = [
+        f"optim.lr={c['lr']}",
+        f"optim.min_lr={c['min_lr']}",
+        f"optim.warmup_epochs={c['warmup_epochs']}",
+        f"optim.weight_decay={c['weight_decay']}",
+        f"optim.clip_grad={c['clip_grad']}",
+        f"train.epochs={c['epochs']}",
+        f"data.batch_size={c['batch']}",
+        "train.device=cpu",
+        "train.precision=fp32",
+        "train.log_every=1",
+        "train.save_every=100",
+    ]
+    cfg = load_config("ibot_vit_tiny_cifar", overrides, task="pretrain")
+    ctx = RunContext(cfg, CPU, "fp32")
+    assert ctx.lr() == c["lr"]
+    loader = FixtureLoader(traj)
+    task, make_optimizer, loop = _training_parts(ctx, model, loader)
+    task.__class__, task.log = RecordingTask, []  # the CLI's task, recording each step
     for k, v in (task_kw or {}).items():
         setattr(task, k, v)
-    groups = (groups or IBOT.param_groups)(model, c["weight_decay"])
-    optimizer = adamw(groups, c["lr"], (0.9, 0.999), torch.device("cpu"))
-    loop_kw = dict(schedule="cosine_iter", precision="fp32", log_every=1, save_every=100) | (
-        loop_kw or {}
-    )
-    loop = LoopConfig(
-        epochs=c["epochs"],
-        base_lr=c["lr"],
-        min_lr=c["min_lr"],
-        warmup_epochs=c["warmup_epochs"],
-        **loop_kw,
-    )
-    trainer = Trainer(
-        task, model, optimizer, FixtureLoader(traj), torch.device("cpu"), loop, tmp_path
-    )
-    trainer.fit()
+    if groups is None:
+        optimizer = make_optimizer(model)
+    else:
+        optimizer = adamw(groups(model, c["weight_decay"]), ctx.lr(), cfg.optim.betas, CPU)
+    loop = ctx.loop_config(ctx.lr(), **{**loop, **(loop_kw or {})})
+    Trainer(task, model, optimizer, loader, CPU, loop, tmp_path).fit()
     return model, task
 
 
@@ -429,6 +444,22 @@ def test_multicrop_transform_and_collate():
     batch = multicrop_collate([(a, 0, []), (b, 1, ["bad.jpg"])])
     assert batch["global"][0].shape == (2, 3, 32, 32) and batch["masks"][1].shape == (2, 8, 8)
     assert len(batch["local"]) == 3 and batch["bad"] == ["bad.jpg"]
+
+
+@pytest.mark.parametrize("preset", ["ibot_vit_tiny_cifar", "ibot_vit_small_patch16"])
+def test_global_crop_scale_follows_the_local_crop_count(preset):
+    """Official default: global crops at scale (0.25, 1) with local crops, (0.14, 1) without
+    (the presets leave it to this rule, so local_crops_number=0 changes it too)."""
+    from mimkit.config import load_config
+    from mimkit.recipes.pretrain import build_model
+
+    scales = {}
+    for n in (2, 0):
+        cfg = load_config(preset, [f"model.args.local_crops_number={n}"], task="pretrain")
+        with torch.device("meta"):
+            model = build_model(cfg)
+        scales[n] = MultiCropTransform(**model.multicrop_args()).first.transforms[0].scale
+    assert scales == {2: (0.25, 1.0), 0: (0.14, 1.0)}
 
 
 # ----------------------------------------------------------------------------- rules

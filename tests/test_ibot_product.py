@@ -14,12 +14,12 @@ import torch
 import mimkit
 from mimkit.cli import main
 
-from .conftest import CIFAR_MINI, ROOT
+from .conftest import CIFAR_MINI, SHARED_DIR
 
-SHARED = ROOT.parent / "shared" / "interop"
+SHARED = SHARED_DIR / "interop"
 TINY_IBOT = [
     "model.args.embed_dim=32",
-    "model.args.depth=1",
+    "model.args.depth=2",  # two blocks: the probe on the last 2 [CLS] tokens runs
     "model.args.num_heads=2",
     "model.args.out_dim=64",
     "model.args.head_hidden_dim=64",
@@ -89,7 +89,7 @@ def test_teacher_goes_to_knn_visualize_and_probe(tmp_path, ibot_run, labeled_roo
         data=labeled_root,
         out=tmp_path / "probe",
         epochs=1,
-        **{"linprobe.n_last_blocks": 1, "eval.cache_dir": "none", "linprobe.optimizer": "sgd"},
+        **{"linprobe.n_last_blocks": 2, "eval.cache_dir": "none", "linprobe.optimizer": "sgd"},
     )
     assert probe["num_images"] == 32
     teacher, _ = mimkit.interop.checkpoint.model_from_checkpoint(ckpt)
@@ -103,16 +103,25 @@ def test_teacher_goes_to_knn_visualize_and_probe(tmp_path, ibot_run, labeled_roo
     )
 
 
-def test_last_blocks_probe_concatenates_cls_tokens():
+@pytest.mark.parametrize(
+    "method", ["mae_vit_tiny_cifar", "lomar_vit_tiny_cifar", "ibot_vit_tiny_cifar"]
+)
+def test_last_blocks_probe_concatenates_cls_tokens(method):
+    """Every method's encoder: n [CLS] tokens (each through the final norm), then with
+    avgpool the last block's mean patch token."""
     from mimkit.eval.features import LastBlocks, encode
+    from mimkit.models import create_encoder
 
-    vit = mimkit.create_model("vit", img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2)
-    probe = LastBlocks(vit.eval(), 2)
+    vit = create_encoder(method, embed_dim=32, depth=3, num_heads=2).eval()
     x = torch.randn(2, 3, 32, 32)
-    feats = encode(probe, x)
-    assert feats.shape == (2, 64) and probe.num_features == 64
+    feats = encode(LastBlocks(vit, 2), x)
+    assert feats.shape == (2, 64) and LastBlocks(vit, 2).num_features == 64
     with torch.no_grad():  # the last block's [CLS] through the final norm is the usual feature
-        torch.testing.assert_close(feats[:, 32:], vit.forward_features(x)[:, 0])
+        tokens = vit.forward_features(x)
+        torch.testing.assert_close(feats[:, 32:], tokens[:, 0])
+        assert not torch.allclose(feats[:, :32], feats[:, 32:])  # block 2's differs
+        avg = encode(LastBlocks(vit, 2, avg=True), x)
+        torch.testing.assert_close(avg[:, 64:], tokens[:, 1:].mean(1))
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/interop not beside the repo")
@@ -164,8 +173,8 @@ torch.manual_seed(0)  # same initial weights on both ranks
 model = mimkit.create_model("ibot_vit_tiny_cifar", embed_dim=32, depth=1, num_heads=2,
                             out_dim=64, head_hidden_dim=64, head_bottleneck_dim=32,
                             local_crops_number=2)
-torch.manual_seed(1 + rank())  # different data and masks on each rank
-batch = synthetic_batch(model, 4, torch.device("cpu"))
+batch = synthetic_batch(model, 4, torch.device("cpu"), seed=1 + rank())  # data differs by rank
+sums = all_gather_object(float(batch["global"][0].sum()))
 ddp = wrap(model, torch.device("cpu"))
 task = IBOTTask.from_model(model, 1, 3, 0.04, 3.0)
 opt = adamw(model.param_groups(0.04), 1e-3, (0.9, 0.999), torch.device("cpu"))
@@ -179,6 +188,7 @@ states = all_gather_object(state)
 if rank() == 0:
     same = all(torch.equal(states[0][k], states[1][k]) for k in state)
     moved = not torch.equal(states[0]["center"], torch.zeros_like(states[0]["center"]))
+    print("RANK DATA", "SAME" if sums[0] == sums[1] else "DIFFERS")
     print("IDENTICAL" if same and moved else "DIFFERENT")
 tdist.destroy_process_group()
 """
@@ -198,6 +208,8 @@ def test_two_processes_keep_teacher_and_centres_identical(tmp_path):
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    # each rank's centre update sees other data: only the all-reduce makes them agree
+    assert "RANK DATA DIFFERS" in r.stdout, r.stdout
     assert "IDENTICAL" in r.stdout, r.stdout + r.stderr[-2000:]
 
 

@@ -653,7 +653,6 @@ def ibot_vit_tiny_cifar(**kw) -> IBOT:
         drop_path_rate=0.1,
         local_crops_number=6,
         local_img_size=16,
-        global_crops_scale=(0.25, 1.0),
         local_crops_scale=(0.05, 0.25),
     )
     return _ibot("tiny", 4, **{**recipe, **kw})
