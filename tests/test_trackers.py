@@ -139,6 +139,24 @@ def test_wandb_offline_run_holds_metrics_config_and_image(tmp_path, monkeypatch)
     assert (tmp_path / "wandb-run-id").read_text().strip() == run.run_id
 
 
+def test_tensorboard_events_hold_metrics_config_and_image(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _log_run(tmp_path, ["tensorboard"])
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    loss = [(e.step, round(e.value, 6)) for e in events.Scalars("train/loss")]
+    assert loss == [(2, 0.9), (4, 0.7), (6, 0.5)]
+    assert [e.value for e in events.Scalars("epoch/skipped_images")] == [0.0]
+    assert "train/step" not in events.Tags()["scalars"]  # axes are not metrics
+    (image,) = events.Images("loss")
+    assert (image.step, image.width, image.height) == (6, 8, 6)
+    (text,) = events.Tensors("config/text_summary")
+    table = text.tensor_proto.string_val[0].decode()
+    assert "| train.epochs | 2 |" in table and "| model.name | mae_vit_tiny_cifar |" in table
+
+
 def test_mlflow_local_store_holds_metrics_params_and_image(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
