@@ -4,9 +4,10 @@ that one choice added (timm picks SDPA or not once, at construction).
 On a CPU in bf16 (autocast or bf16 tensors) PyTorch's SDPA kernels are several times
 slower than the explicit ``softmax(q k^T * scale) v``, whose batched matmuls oneDNN runs
 on AMX / AVX512-BF16: forward + backward of MAE's attention shapes took 2-6x less time
-explicit (ViT-B/16 encoder (8, 12, 50, 64): 2.6 vs 11.5 ms; CIFAR decoder
-(128, 3, 65, 64): 17 vs 103 ms; Xeon with AMX, 2 threads, torch 2.14). In fp32 SDPA is
-the faster one (1.5-2x), and on GPUs it is always used.
+explicit (ViT-B/16 encoder (8, 12, 50, 64): 3.3 vs 14.0 ms; CIFAR decoder
+(128, 3, 65, 64): 14.7 vs 83.4 ms; Xeon with AMX, 2 threads, torch 2.14;
+benchmarks/cpu_kernels.py). In fp32 SDPA is the faster one (1.2x), and on GPUs it is
+always used.
 """
 
 from __future__ import annotations
