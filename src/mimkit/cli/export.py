@@ -62,8 +62,9 @@ def cmd_export(args) -> int:
     folds = fold_batchnorm(model.eval())  # exact in eval mode; says what could not fold
     if folds["folded"] or folds["kept"]:
         log.info(
-            "BatchNorm folded into neighbouring layers: %d (%s); kept: %d (a nonlinearity or "
-            "a residual sum sits between them and any conv)",
+            "BatchNorm folded into neighbouring layers: %d (%s); kept: %d (only a conv "
+            "directly before a BN in one nn.Sequential, or a head after average pooling, "
+            "is folded; the output is the same either way)",
             len(folds["folded"]),
             ", ".join(folds["folded"]) or "-",
             len(folds["kept"]),
