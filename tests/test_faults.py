@@ -341,6 +341,12 @@ def test_another_architecture_is_an_error_not_a_silent_no_op(tmp_path):
     torch.save({"model": enc}, tmp_path / "encoder.pth")
     report = mimkit.load_checkpoint(mae, tmp_path / "encoder.pth")
     assert report.loaded == len(enc) and any(k.startswith("decoder") for k in report.missing)
+    # but a file whose few tensors all match and hold no block is not a checkpoint of it
+    vit = mimkit.create_model("vit_tiny_cifar")
+    two = {k: vit.state_dict()[k] for k in ("cls_token", "pos_embed")}
+    torch.save({"model": two}, tmp_path / "two.pth")
+    with pytest.raises(UserError, match="2 of the model's 150 tensors match"):
+        mimkit.load_checkpoint(vit, tmp_path / "two.pth")
 
 
 # ---------------------------------------------------------------------------- 8. symlinks

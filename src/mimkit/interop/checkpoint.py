@@ -272,10 +272,14 @@ def select_network(sd: dict, model: nn.Module, network: str = "teacher") -> dict
 
 def _check_overlap(sd: dict, model: nn.Module, ckpt: Checkpoint) -> None:
     """Refuse a file of another architecture instead of loading (almost) nothing: at least
-    half of the model's tensors, or half of the file's, must match by name."""
+    half of the model's tensors must match by name, or half of the file's when those
+    include network blocks (an encoder-only file into an MAE with its decoder; not a file
+    holding two embeddings and nothing else)."""
     own = model.state_dict()
-    matched = sum(1 for k in sd if k in own)
-    if matched and (2 * matched >= len(own) or 2 * matched >= len(sd)):
+    names = [k for k in sd if k in own]
+    matched = len(names)
+    blocks = any(k.startswith(("blocks.", "stages.", "layers.", "layer1.")) for k in names)
+    if matched and (2 * matched >= len(own) or (2 * matched >= len(sd) and blocks)):
         return
     holds = ckpt.meta.get("model_name") or _describe_keys(ckpt.state_dict)
     name = getattr(model, "model_name", type(model).__name__)
