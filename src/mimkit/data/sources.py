@@ -61,18 +61,25 @@ def folder_source(root: str | Path) -> ImageSource:
 
 def walk_images(root: Path) -> list[str]:
     """Image files below ``root``, sorted. Symlinked folders are followed once each (a
-    folder reached again, e.g. through a link to a parent, is not entered: no loops), and
-    a file reached through several links is listed once."""
-    seen_dirs, seen_files, paths, dropped = set(), set(), [], 0
+    folder reached again, e.g. through a link to a parent, is not entered: no loops; of a
+    real folder and a link to it, the real one is walked), and a file reached through
+    several links is listed once; both are counted in one note."""
+    seen_dirs, seen_files, paths, dropped, skipped_dirs = set(), set(), [], 0, 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen_dirs:
             dirnames[:] = []
+            skipped_dirs += 1
             continue
         seen_dirs.add(real)
-        dirnames[:] = sorted(
-            d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen_dirs
-        )
+        kept = []
+        for d in dirnames:
+            if os.path.realpath(os.path.join(dirpath, d)) in seen_dirs:
+                skipped_dirs += 1
+            else:
+                kept.append(d)
+        # real folders before links, so a link to a sibling is the one left out
+        dirnames[:] = sorted(kept, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
         for f in sorted(filenames):
             if not f.lower().endswith(IMAGE_EXTENSIONS) or f.startswith("."):
                 continue
@@ -83,9 +90,13 @@ def walk_images(root: Path) -> list[str]:
                 continue
             seen_files.add(key)
             paths.append(path)
-    if dropped:
+    if dropped or skipped_dirs:
         log.info(
-            "%s: %d duplicate files (reached again through symlinks) listed once", root, dropped
+            "%s: %d folders reached again through symlinks not entered, %d duplicate files "
+            "listed once",
+            root,
+            skipped_dirs,
+            dropped,
         )
     return paths
 
