@@ -96,7 +96,8 @@ def test_tensor_cache_and_its_loader(tmp_path, image_folder):
     src = folder_source(image_folder)
     cache = build_tensor_cache(src, 32, tmp_path / "c.pt", num_workers=0)
     assert cache["images"].shape == (64, 3, 32, 32) and cache["images"].dtype == torch.uint8
-    assert cache["bad"] == [str(image_folder / "cat" / "broken.jpg")]
+    # each left-out image with the reason
+    assert cache["bad"] == [f"{image_folder / 'cat' / 'broken.jpg'} (not a readable image)"]
     sampler = EpochSampler(64, seed=3)
     loader = TensorCacheLoader(
         cache["images"], cache["labels"], 16, sampler, torch.device("cpu"), 32

@@ -18,6 +18,7 @@ from ..utils import distributed as dist
 from ..utils.io import atomic_save
 from .datasets import load_rgb
 from .device_aug import augment_batch
+from .images import failure_reason
 from .loader import EpochSampler, sample_seed
 from .sources import ImageSource
 
@@ -26,7 +27,7 @@ log = logging.getLogger("mimkit")
 
 class _Decode(torch.utils.data.Dataset):
     def __init__(self, source: ImageSource, size: int):
-        self.source = source
+        self.source, self.size = source, size
         self.resize = T.Compose(
             [
                 T.Resize(size, interpolation=InterpolationMode.BICUBIC),
@@ -39,10 +40,10 @@ class _Decode(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, i):
-        try:
-            return self.resize(load_rgb(self.source.paths[i])), i
-        except Exception:  # counted by the caller
-            return None, i
+        try:  # max_side: a large JPEG decodes at a reduced DCT scale, no bigger than needed
+            return self.resize(load_rgb(self.source.paths[i], max_side=self.size)), i
+        except Exception as e:  # left out by the caller, with the reason
+            return failure_reason(e), i
 
 
 def _collate(items):
@@ -67,12 +68,15 @@ def build_tensor_cache(
     )
     images = torch.empty(len(source), 3, size, size, dtype=torch.uint8)
     keep = torch.zeros(len(source), dtype=torch.bool)
+    reasons: dict[int, str] = {}
     for batch in tqdm(loader, desc="decoding into tensor cache", disable=None, leave=False):
         for x, i in batch:
-            if x is not None:
+            if isinstance(x, str):
+                reasons[i] = x
+            else:
                 images[i], keep[i] = x, True
     labels = torch.tensor(source.labels if source.labels is not None else [-1] * len(source))
-    bad = [p for p, k in zip(source.paths, keep.tolist()) if not k]
+    bad = [f"{source.paths[i]} ({why})" for i, why in sorted(reasons.items())]
     cache = {
         "images": images[keep].contiguous(),
         "labels": labels[keep],
