@@ -221,6 +221,9 @@ def test_python_function_under_torchrun_trains_across_two_processes(tmp_path, im
                 epochs=1, batch_size=8, device="cpu", **{TINY!r},
             )
             print("RESULT", run.checkpoint, run["loss"])
+            import atexit, torch.distributed as tdist
+            atexit._run_exitfuncs()  # what exit runs: mimkit leaves the group it joined
+            print("LEFT GROUP", not tdist.is_initialized())
             """
         )
     )
@@ -229,7 +232,7 @@ def test_python_function_under_torchrun_trains_across_two_processes(tmp_path, im
     proc = subprocess.run([*cmd, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # each process gets the result back; 64 images over 2 ranks of batch 8 = 4 steps, not 8
-    assert proc.stdout.count("RESULT") == 2
+    assert proc.stdout.count("RESULT") == 2 and proc.stdout.count("LEFT GROUP True") == 2
     epochs = [r for r in mimkit.recipes.results.read_log(tmp_path / "run" / "log.jsonl")]
     assert [r["step"] for r in epochs if r["kind"] == "epoch"] == [4]
     state = torch.load(tmp_path / "run" / "checkpoint-last.pth", weights_only=True)

@@ -5,6 +5,7 @@ Launch with ``torchrun``; a plain ``python`` is world size 1 and every helper is
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 
@@ -50,6 +51,9 @@ def init(device: torch.device, timeout_min: float = 10.0) -> None:
         device_id=device if device.type == "cuda" else None,
         timeout=datetime.timedelta(minutes=timeout_min),
     )
+    # The CLI leaves the group itself; a script calling the Python API under torchrun
+    # leaves it at exit (no barrier there: another rank may have failed).
+    atexit.register(shutdown, failed=True)
 
 
 def shutdown(failed: bool = False) -> None:
