@@ -55,6 +55,33 @@ def _in_a_scratch_folder(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def mimkit_log():
+    """The 'mimkit' logger's messages while the test runs, whatever the CLI did to the
+    logger before (setup_console turns propagation off, so caplog would miss them)."""
+    import logging
+
+    class _Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+        @property
+        def text(self) -> str:
+            return "\n".join(self.lines)
+
+    logger, handler = logging.getLogger("mimkit"), _Lines()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.fixture
 def image_folder(tmp_path) -> Path:
     """64 real CIFAR-10 JPEGs in 4 class folders (16 each)."""
     out = tmp_path / "images"

@@ -203,3 +203,21 @@ def test_shards_from_an_hf_dataset_hold_its_bytes_and_labels(hf_data, monkeypatc
     # the bytes went in as they were: decoded pixels equal the source files' (as a set)
     want = sorted(_pixels(f).sum().item() for f in files["train"])
     assert sorted(int(item[0].sum()) for item in items) == want
+
+
+def test_shards_command_takes_the_label_column_of_a_parquet_set(tmp_path, monkeypatch, mimkit_log):
+    """A Parquet set whose labels are strings in a column of another name: ``mimkit
+    shards --label-key`` keeps them; without it the shards are unlabelled, and it says so."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("MIMKIT_CACHE", str(tmp_path / "cache"))
+    rows, _ = _rows("train", 2)
+    rows = {"image": rows["image"], "kind": [CLASSES[i] for i in rows.pop("label")]}
+    feats = datasets.Features({"image": datasets.Image(), "kind": datasets.Value("string")})
+    datasets.Dataset.from_dict(rows, features=feats).to_parquet(str(tmp_path / "pq" / "t.parquet"))
+    spec = f"hf:parquet:{tmp_path / 'pq'}"
+    assert main(["shards", "--data", spec, "--out", str(tmp_path / "a")]) == 0
+    assert "no labels found" in mimkit_log.text and "--label-key" in mimkit_log.text
+    assert open_shards(str(tmp_path / "a")).classes == []
+    argv = ["shards", "--data", spec, "--out", str(tmp_path / "b"), "--label-key", "kind"]
+    assert main(argv) == 0
+    assert open_shards(str(tmp_path / "b")).classes == CLASSES

@@ -3,8 +3,13 @@ ShardWriter)."""
 
 from __future__ import annotations
 
+import logging
+
 from ..data.shards import write_shards
 from ..data.sources import open_source
+from ..engine.logging import setup_console
+
+log = logging.getLogger("mimkit")
 
 
 def add_parser(sub) -> None:
@@ -22,11 +27,19 @@ def add_parser(sub) -> None:
     p.add_argument("--file-list", help="EasyCV-style list of paths (and labels) under --data")
     p.add_argument("--out", required=True, help="folder for the shards")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.add_argument("--image-key", help="hf: sources: the image column (default: found)")
+    p.add_argument(
+        "--label-key", help="hf: sources: the label column (default: the ClassLabel column)"
+    )
     p.set_defaults(func=cmd_shards)
 
 
 def cmd_shards(args) -> int:
-    source = open_source(args.data, args.file_list)
+    setup_console()
+    source = open_source(args.data, args.file_list, args.image_key, args.label_key)
+    if source.labels is None:
+        hint = " (name its label column with --label-key)" if args.data.startswith("hf:") else ""
+        log.info("%s: no labels found, the shards hold images only%s", args.data, hint)
     paths = write_shards(source, args.out, args.shard_size)
     last = paths[-1].name if paths else ""
     print(f"wrote {len(paths)} shards ({len(source)} images) to {args.out} (last: {last})")
