@@ -221,3 +221,46 @@ def test_shards_command_takes_the_label_column_of_a_parquet_set(tmp_path, monkey
     argv = ["shards", "--data", spec, "--out", str(tmp_path / "b"), "--label-key", "kind"]
     assert main(argv) == 0
     assert open_shards(str(tmp_path / "b")).classes == CLASSES
+
+
+_SHARD_DDP = r"""
+import sys, torch, torch.distributed as tdist
+from torchvision.transforms import v2 as T
+from mimkit.data.shards import ShardDataset
+from mimkit.utils.distributed import all_gather_object, init, rank
+
+init(torch.device("cpu"))
+ds = ShardDataset(sys.argv[1], T.Compose([T.PILToTensor()]), seed=5)  # rank, world: the group's
+loader = torch.utils.data.DataLoader(
+    ds, batch_size=4, num_workers=2, collate_fn=lambda items: [i[1] for i in items]
+)
+for epoch in (0, 1):
+    ds.set_epoch(epoch)
+    mine = [label for batch in loader for label in batch]
+    every = all_gather_object(mine)
+    if rank() == 0:
+        flat = sorted(l for part in every for l in part)
+        print("EPOCH", epoch, "ranks", ds.world, "sizes", [len(p) for p in every],
+              "once", flat == list(range(64)), "order", every[0][:4])
+tdist.destroy_process_group()
+"""
+
+
+def test_two_processes_read_every_shard_sample_once_per_epoch(indexed_shards, tmp_path):
+    """Under torchrun (2 gloo ranks x 2 workers, 8 shards of 8): the rank and world come
+    from the process group, and each epoch every sample is read exactly once."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "shards_ddp.py"
+    script.write_text(_SHARD_DDP)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    r = subprocess.run(
+        [*cmd, str(script), str(indexed_shards)], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("EPOCH")]
+    assert len(lines) == 2, r.stdout
+    for line in lines:
+        assert "ranks 2 sizes [32, 32] once True" in line, line
+    assert lines[0].split("order")[1] != lines[1].split("order")[1]  # reshuffled per epoch
