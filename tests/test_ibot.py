@@ -499,6 +499,39 @@ def test_teacher_gets_no_gradient_and_follows_the_ema():
     assert "backbone.masked_embed" not in dict(model.teacher.named_parameters())
 
 
+def test_separate_heads_train_their_own_last_layers():
+    """shared_head=False (both networks): the patch tokens go through their own last layer
+    ``last_layer2`` (patch_out_dim prototypes), the [CLS] token through ``last_layer``; each
+    gets the gradient of its own loss only, and the EMA carries both."""
+    model = small_ibot(shared_head=False, shared_head_teacher=False, patch_out_dim=12)
+    head = model.student.head
+    assert head.last_layer2 is not head.last_layer
+    assert {"head.last_layer.weight_v", "head.last_layer2.weight_v"} <= set(
+        model.student.state_dict()
+    )
+    assert model.center2.shape[-1] == 12 and model.center.shape[-1] == 16
+    model(small_batch())["loss"].backward()
+    assert head.last_layer.weight_v.grad.abs().sum() > 0
+    assert head.last_layer2.weight_v.grad.abs().sum() > 0
+    for cls_only, patch_only in ((1.0, 0.0), (0.0, 1.0)):  # lambda1, lambda2
+        m = small_ibot(
+            shared_head=False,
+            shared_head_teacher=False,
+            patch_out_dim=12,
+            lambda1=cls_only,
+            lambda2=patch_only,
+        )
+        m(small_batch())["loss"].backward()
+        g1, g2 = m.student.head.last_layer.weight_v.grad, m.student.head.last_layer2.weight_v.grad
+        used, unused = (g1, g2) if cls_only else (g2, g1)
+        assert used.abs().sum() > 0 and (unused is None or not unused.any())
+    before = model.teacher.head.last_layer2.weight_v.clone()
+    with torch.no_grad():
+        head.last_layer2.weight_v.add_(1.0)
+    model.update_teacher(0.5)
+    assert torch.allclose(model.teacher.head.last_layer2.weight_v, before + 0.5)
+
+
 def test_patch_loss_ignores_unmasked_positions():
     torch.manual_seed(0)
     n, length, k = 2, 6, 5

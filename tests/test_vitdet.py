@@ -268,3 +268,49 @@ def test_detector_layer_decay_follows_vitdet_through_timm():
         decay["backbone.vit.pos_embed"] == 0.0 and decay["backbone.vit.blocks.0.norm1.weight"] == 0
     )
     assert decay["backbone.vit.blocks.0.attn.qkv.weight"] == 0.1
+
+
+IBOT_FULL = SHARED_DIR / "interop" / "ibot_official_checkpoint_tiny.pth"
+
+
+@pytest.mark.skipif(not IBOT_FULL.is_file(), reason="official iBOT fixtures absent")
+@pytest.mark.parametrize("network", ["teacher", "student"])
+def test_an_official_ibot_checkpoint_becomes_a_vitdet_backbone(network):
+    """The detector's backbone from an iBOT file: its shape read from the chosen network
+    (teacher by default), the weights loaded as they are (position embedding resized);
+    the head count, which no tensor shape holds, from model.args."""
+    from mimkit.config import load_config
+    from mimkit.interop.checkpoint import network_checkpoint, read_checkpoint
+    from mimkit.recipes.detect import backbone_args, make_detector
+
+    overrides = [f"model.checkpoint={IBOT_FULL}", f"model.checkpoint_network={network}"]
+    overrides += ["model.args.num_heads=4"]  # a head count the width does not imply
+    cfg = load_config("vitdet_tiny_coco128", [*overrides, "data.img_size=64"], task="detect")
+    args, ckpt = backbone_args(cfg)
+    assert (args["embed_dim"], args["depth"], args["num_heads"], args["patch_size"]) == (
+        64,
+        2,
+        4,
+        4,
+    )
+    detector = make_detector(dict(backbone=args, num_classes=3, masks=False, out_channels=32))
+    report = mimkit.load_checkpoint(detector.backbone.vit, ckpt)
+    # only ViTDet's own additions start fresh (relative positions, zero at init)
+    assert {k.rsplit(".", 1)[-1] for k in report.missing if k.startswith("blocks.")} == {
+        "rel_pos_h",
+        "rel_pos_w",
+    }
+    official = network_checkpoint(read_checkpoint(IBOT_FULL), network).state_dict
+    for key in ("blocks.1.mlp.fc2.weight", "patch_embed.proj.weight"):
+        assert torch.equal(detector.backbone.vit.state_dict()[key], official[key]), key
+
+
+def test_backbone_heads_come_from_a_mimkit_checkpoint_record(tiny_mae_ckpt):
+    """A width of 32 implies 1 head by the usual rule; the tiny MAE was trained with 2 and
+    its checkpoint says so: the detector attends as the encoder was trained."""
+    from mimkit.config import load_config
+    from mimkit.recipes.detect import backbone_args
+
+    cfg = load_config("vitdet_tiny_coco128", [f"model.checkpoint={tiny_mae_ckpt}"], task="detect")
+    args, _ = backbone_args(cfg)
+    assert (args["embed_dim"], args["num_heads"]) == (32, 2)

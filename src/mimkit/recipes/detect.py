@@ -58,6 +58,12 @@ def backbone_args(cfg: config_lib.Config) -> tuple[dict, Checkpoint | None]:
         ckpt = read_checkpoint(cfg.model.checkpoint, trust=cfg.trust_checkpoint)
         ckpt = network_checkpoint(ckpt, str(cfg.model.checkpoint_network))  # iBOT: one net
         vit = infer_vit_args(ckpt.state_dict)
+        # the head count is not in the shapes: model.args, else the file's own record
+        # (mimkit checkpoints), else the usual one for the width (official files)
+        saved = ckpt.meta.get("model_args") or {}
+        heads = (cfg.model.args or {}).get("num_heads") or saved.get("num_heads")
+        if heads:
+            vit["num_heads"] = int(heads)
         pre = vit.get("img_size", 224)
     else:
         with torch.device("meta"):
