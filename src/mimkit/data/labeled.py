@@ -30,7 +30,7 @@ def open_splits(
     ``hf:DIR`` / ``hf:parquet:DIR``: train and validation splits of a Hugging Face dataset
     (``image_key`` / ``label_key`` name its columns; found when None)."""
     if not root:
-        raise UserError(f"no data given: pass --data ROOT laid out as {_LAYOUT}")
+        raise UserError(f"no data given: pass --data ROOT (data= in Python) laid out as {_LAYOUT}")
     if str(root).startswith("hf:"):
         from .hf import open_hf_splits
 

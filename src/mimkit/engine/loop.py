@@ -109,7 +109,8 @@ class Trainer:
         if steps == 0:
             raise UserError(
                 f"an epoch has no full batch: {len(loader.sampler)} images per process, batch size "
-                f"{loader.batch_size} x accum_iter {loop.accum_iter}; lower --batch-size"
+                f"{loader.batch_size} x accum_iter {loop.accum_iter}; "
+                "lower data.batch_size (--batch-size)"
             )
         self.micro_steps = steps  # micro-batches per epoch (a multiple of accum_iter)
         self.steps_per_epoch = steps // loop.accum_iter  # optimizer steps per epoch
@@ -367,7 +368,7 @@ class Trainer:
         at = f" (after epoch {done})" if done is not None else ""
         return (
             f"nothing was saved: {last}{at} is unchanged; once the cause is fixed, continue "
-            f"from it with --resume {self.out_dir}"
+            f"from it with --resume {self.out_dir} (resume= in Python)"
         )
 
     @staticmethod

@@ -90,7 +90,7 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> PretrainResult:
     if per_rank < cfg.data.batch_size:
         raise UserError(
             f"{data.num_images} images give {per_rank} per process, fewer than the batch "
-            f"size {cfg.data.batch_size}: lower --batch-size"
+            f"size {cfg.data.batch_size}: lower data.batch_size (--batch-size)"
         )
     out = ctx.run_dir()
     model = build_model(cfg).to(ctx.device)

@@ -34,7 +34,10 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> QscoreResult:
         target, pred, classes, k = _with_knn(ctx, model)
     else:
         if not cfg.data.path:
-            raise UserError("no data given: pass --data PATH (a folder, or ROOT with train/ val/)")
+            raise UserError(
+                "no data given: pass --data PATH (data= in Python; a folder, or ROOT with "
+                "train/ val/)"
+            )
         source = open_source(cfg.data.path, image_key=cfg.data.image_key)
         transform = eval_transform(**preprocessing(model))
         target = extract(

@@ -157,8 +157,8 @@ def prepare_run_dir(cfg: config_lib.Config, resuming: bool) -> Path:
     files of an interrupted write are removed."""
     if cfg.out and not resuming and (Path(cfg.out) / LAST).exists():
         raise UserError(
-            f"{cfg.out} already holds a run: continue it with --resume {cfg.out}, "
-            "or choose another --out"
+            f"{cfg.out} already holds a run: continue it with --resume {cfg.out} "
+            "(resume= in Python), or choose another --out (out=)"
         )
     out = Path(dist.broadcast_object(str(planned_run_dir(cfg))))
     cfg.out = str(out)

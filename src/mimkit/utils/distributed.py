@@ -120,7 +120,8 @@ def resolve_device(spec: str) -> torch.device:
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(
-                f"device '{spec}' asked for, but CUDA is not available: use --device cpu"
+                f"device '{spec}' asked for, but CUDA is not available: use --device cpu "
+                "(device='cpu' in Python)"
             )
         if spec == "cuda":
             spec = f"cuda:{local_rank()}"
