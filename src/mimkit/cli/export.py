@@ -8,8 +8,7 @@ import logging
 from ..engine.logging import setup_console
 from ..interop import export
 from ..interop.checkpoint import model_from_checkpoint
-from ..interop.fold import fold_batchnorm
-from ..models import create_model, input_size
+from ..models import create_model
 from .common import add_trust_flag
 
 log = logging.getLogger("mimkit")
@@ -57,24 +56,19 @@ def cmd_export(args) -> int:
         recipe = export.export_timm(model, out)
         print(json.dumps(recipe, indent=2))
         return 0
-    size = input_size(model)
-    classifier = bool(getattr(model, "num_classes", 0))
-    folds = fold_batchnorm(model.eval())  # exact in eval mode; says what could not fold
-    if folds["folded"] or folds["kept"]:
+    result = export.export_inference(model, args.out, args.format)
+    if result["folded"] or result["kept"]:
         log.info(
             "BatchNorm folded into neighbouring layers: %d (%s); kept: %d (only a conv "
             "directly before a BN in one nn.Sequential, or a head after average pooling, "
             "is folded; the output is the same either way)",
-            len(folds["folded"]),
-            ", ".join(folds["folded"]) or "-",
-            len(folds["kept"]),
+            len(result["folded"]),
+            ", ".join(result["folded"]) or "-",
+            len(result["kept"]),
         )
-    target = model if classifier else export.FeatureExtractor(model)
-    fn = export.export_torchscript if args.format == "torchscript" else export.export_onnx
-    path = fn(target, out, size)
-    what = "logits" if classifier else f"features (N, {model.num_features})"
+    size = result["img_size"]
     print(
-        f"wrote {path} (input: float images (N, 3, {size}, {size}) normalised with ImageNet "
-        f"mean/std; output: {what})"
+        f"wrote {result['path']} (input: float images (N, 3, {size}, {size}) normalised with "
+        f"ImageNet mean/std; output: {result['output']})"
     )
     return 0

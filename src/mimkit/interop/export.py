@@ -154,3 +154,22 @@ def export_onnx(model: nn.Module, out: str | Path, img_size: int) -> Path:
         verbose=False,
     )
     return out
+
+
+def export_inference(model: nn.Module, out: str | Path, fmt: str) -> dict:
+    """A classifier (images -> logits) or an encoder (images -> pooled features) as a
+    TorchScript or ONNX file, eval-mode BatchNorm folded first (exact; ``folded`` and
+    ``kept`` name the layers). Returns the file and what it takes and gives."""
+    from ..models import input_size
+    from .fold import fold_batchnorm
+
+    if fmt not in ("torchscript", "onnx"):
+        raise UserError(f"export format must be torchscript or onnx here, got '{fmt}'")
+    size = input_size(model)
+    classifier = bool(getattr(model, "num_classes", 0))
+    folds = fold_batchnorm(model.eval())
+    target = model if classifier else FeatureExtractor(model)
+    fn = export_torchscript if fmt == "torchscript" else export_onnx
+    path = fn(target, output_path(out, fmt), size)
+    output = "logits" if classifier else f"features (N, {model.num_features})"
+    return {"path": path, "img_size": size, "output": output, **folds}
