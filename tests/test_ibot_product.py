@@ -89,9 +89,17 @@ def test_teacher_goes_to_knn_visualize_and_probe(tmp_path, ibot_run, labeled_roo
         data=labeled_root,
         out=tmp_path / "probe",
         epochs=1,
-        **{"linprobe.n_last_blocks": 2, "eval.cache_dir": "none", "linprobe.optimizer": "sgd"},
+        **{
+            "linprobe.n_last_blocks": 2,
+            "linprobe.batchnorm": False,  # the official DINO / iBOT probe: a plain linear layer
+            "eval.cache_dir": "none",
+            "linprobe.optimizer": "sgd",
+        },
     )
     assert probe["num_images"] == 32
+    head = torch.load(probe.checkpoint, weights_only=True)["model"]
+    assert head["1.weight"].shape == (4, 2 * 32)  # 4 classes, 2 [CLS] tokens of width 32
+    assert not any(k.startswith("0.") for k in head)  # no BatchNorm
     teacher, _ = mimkit.interop.checkpoint.model_from_checkpoint(ckpt)
     student, _ = mimkit.interop.checkpoint.model_from_checkpoint(ckpt, network="student")
     state = torch.load(ckpt, weights_only=True)["model"]

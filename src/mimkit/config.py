@@ -135,6 +135,8 @@ class LinprobeConfig:
     cache: bool = True  # without augmentation: train the head on features extracted once
     # DINO/iBOT probe: [CLS] of the last n blocks concatenated (official 4 for ViT-S/16)
     n_last_blocks: int = 1
+    # MAE's BatchNorm (no affine) before the linear layer; false: DINO/iBOT's plain linear
+    batchnorm: bool = True
 
 
 @dataclass

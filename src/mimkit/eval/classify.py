@@ -21,11 +21,17 @@ log = logging.getLogger("mimkit")
 
 
 class LinearProbe(nn.Sequential):
-    """BatchNorm without affine (eps 1e-6) + linear layer (std 0.01), as the MAE paper."""
+    """BatchNorm without affine (eps 1e-6) + linear layer (truncated normal, std 0.01), as
+    the MAE paper; ``batchnorm=False``: the plain linear layer of DINO / iBOT's
+    ``eval_linear`` (normal, std 0.01). The linear layer is ``[1]`` in both."""
 
-    def __init__(self, dim: int, num_classes: int):
-        super().__init__(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
-        trunc_normal_(self[1].weight, std=0.01)
+    def __init__(self, dim: int, num_classes: int, batchnorm: bool = True):
+        norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6) if batchnorm else nn.Identity()
+        super().__init__(norm, nn.Linear(dim, num_classes))
+        if batchnorm:
+            trunc_normal_(self[1].weight, std=0.01)
+        else:
+            nn.init.normal_(self[1].weight, std=0.01)
         nn.init.zeros_(self[1].bias)
 
 

@@ -90,7 +90,9 @@ def linprobe(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
             transform = eval_transform(**prep)
         loader, val_loader = _image_loaders(ctx, splits, transform, prep)
         encoder = heads.FrozenEncoder(backbone)
-    head = heads.LinearProbe(backbone.num_features, len(splits.classes)).to(ctx.device)
+    head = heads.LinearProbe(
+        backbone.num_features, len(splits.classes), batchnorm=cfg.linprobe.batchnorm
+    ).to(ctx.device)
     lr = ctx.lr()
     optimizer = str(cfg.linprobe.optimizer)
     make_optimizer = lambda m: heads.probe_optimizer(m, optimizer, lr, cfg.optim.weight_decay)
