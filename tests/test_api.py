@@ -173,18 +173,20 @@ def test_detect_train_evaluate_predict_from_python(coco128, tmp_path):  # noqa: 
         det.checkpoint, images=images, ann=ann, out=tmp_path / "ev", max_images=2
     )
     assert ev["num_images"] == 2 and (tmp_path / "ev" / "metrics.json").is_file()
-    folder = tmp_path / "to-draw"  # a folder: its images, an unreadable one skipped
-    folder.mkdir()
-    for src in sorted(images.iterdir())[:2]:
+    folder = tmp_path / "to-draw"  # a folder: its images (a subfolder's too), an unreadable
+    (folder / "again").mkdir(parents=True)  # one skipped
+    first, second = sorted(images.iterdir())[:2]
+    for src in (first, second):
         shutil.copy(src, folder / src.name)
+    shutil.copy(first, folder / "again" / first.name)  # the same file name in a subfolder
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     preds = mimkit.detect.predict(
         det.checkpoint, images=folder, out=tmp_path / "drawn", score_threshold=0.0
     )
-    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == sorted(
-        Path(r["image"]).stem + ".png" for r in preds
-    )
-    assert [Path(r["image"]).name for r in preds] == sorted(p.name for p in images.iterdir())[:2]
+    assert [Path(r["image"]).name for r in preds] == [first.name, second.name, first.name]
+    pngs = [Path(r["png"]).name for r in preds]  # one picture each: none overwritten
+    assert pngs == [f"{first.stem}.png", f"{second.stem}.png", f"{first.stem}-2.png"]
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == sorted(pngs)
     row = preds[0]
     assert len(row["boxes"]) == len(row["labels"]) == len(row["scores"]) == row["detections"]
     # (two training steps leave Mask R-CNN below its own 0.05 box-score floor: often none)
@@ -237,3 +239,16 @@ def test_python_function_under_torchrun_trains_across_two_processes(tmp_path, im
     assert [r["step"] for r in epochs if r["kind"] == "epoch"] == [4]
     state = torch.load(tmp_path / "run" / "checkpoint-last.pth", weights_only=True)
     assert len(state["rng"]) == 2  # one RNG state per rank: both trained
+
+
+def test_model_keyword_takes_a_name_or_the_section():
+    """``model='vit_tiny_cifar'`` is the CLI's --model; ``model={'args': {...}}`` stays the
+    nested form of the whole section, as every other section."""
+    from mimkit.api import _values
+    from mimkit.recipes.run import resolve
+
+    cfg, _ = resolve("knn", None, values=_values({"model": "vit_tiny_cifar"}))
+    assert cfg.model.name == "vit_tiny_cifar"
+    values = _values({"model": {"args": {"depth": 2}}})
+    cfg, _ = resolve("pretrain", "mae_vit_tiny_cifar", values=values)
+    assert cfg.model.name == "mae_vit_tiny_cifar" and cfg.model.args["depth"] == 2

@@ -326,6 +326,23 @@ def test_files_that_are_not_checkpoints_are_one_line(tmp_path, labeled_root, cap
         assert _one_error_line(err)
 
 
+@pytest.mark.parametrize("protocol", [1, 2, 4])
+def test_every_torch_save_protocol_is_read_or_gets_the_way_to_read_it(tmp_path, protocol):
+    """Legacy torch files of any pickle protocol are not mistaken for other files; those the
+    safe reader does not take (protocols 1, 4, 5) say how to read them, and then load."""
+    from mimkit.utils.io import safe_torch_load
+
+    path = tmp_path / "legacy.pth"
+    state = {"model": {"w": torch.arange(3.0)}}
+    torch.save(state, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    if protocol == 2:  # torch's own default: read safely
+        assert torch.equal(safe_torch_load(path)["model"]["w"], state["model"]["w"])
+        return
+    with pytest.raises(UserError, match=r"unreadable pickle.*--trust-checkpoint \(trust=True\)"):
+        safe_torch_load(path)
+    assert torch.equal(safe_torch_load(path, trust=True)["model"]["w"], state["model"]["w"])
+
+
 # ---------------------------------------------------------------------------- 7. wrong architecture
 
 
@@ -423,6 +440,14 @@ def test_detection_reads_every_mode_as_the_classifiers_do(tmp_path, mode):
     t = read_rgb_tensor(path)
     assert t.dtype == torch.uint8 and t.shape == (3, 8, 64)
     assert torch.equal(t.permute(1, 2, 0), torch.from_numpy(np.array(open_rgb(path))))
+
+
+def test_detection_decoding_with_the_bomb_limit_turned_off(tmp_path, monkeypatch):
+    from mimkit.data.images import read_rgb_tensor
+
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "x.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # users of huge aerial images do
+    assert read_rgb_tensor(tmp_path / "x.jpg").shape == (3, 30, 40)
 
 
 # ---------------------------------------------------------------------------- 10-12. config

@@ -49,6 +49,9 @@ def _values(kwargs: dict) -> dict:
             continue
         if isinstance(value, Path):
             value = str(value)
+        if key == "model" and isinstance(value, dict):  # the section, e.g. {'args': {...}}
+            out[key] = value
+            continue
         out[SHORT_KEYS.get(key, key)] = value
     return out
 

@@ -45,8 +45,10 @@ def read_rgb_tensor(path: str | Path):
     import torch
     from torchvision.io import ImageReadMode, decode_image, read_file
 
+    limit = Image.MAX_IMAGE_PIXELS  # None: the user turned PIL's bomb check off
     with Image.open(path) as header:  # reads the header only: size and mode
-        small, mode = header.width * header.height <= Image.MAX_IMAGE_PIXELS, header.mode
+        small = limit is None or header.width * header.height <= limit
+        mode = header.mode
     if small and mode in ("RGB", "L"):  # transparency, palettes, CMYK: open_rgb's rules
         try:
             img = decode_image(read_file(str(path)), ImageReadMode.RGB)

@@ -98,7 +98,14 @@ def walk_images(root: Path) -> list[str]:
             skipped_dirs,
             dropped,
         )
-    return paths
+    # the order of a walk by name (a folder's files, then its subfolders), whichever of a
+    # real folder and a link to it was walked
+    return sorted(paths, key=lambda p: _walk_order(os.path.relpath(p, root)))
+
+
+def _walk_order(rel: str) -> list[tuple[int, str]]:
+    *folders, name = Path(rel).parts
+    return [(1, d) for d in folders] + [(0, name)]
 
 
 def file_list_source(root: str | Path, list_file: str | Path) -> ImageSource:

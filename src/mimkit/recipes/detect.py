@@ -244,7 +244,7 @@ def predict(
     names, cats = state.get("names", {}), state["label_to_cat"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, taken = [], set()
     for item in images:  # a folder gives its images, as for predict and visualize
         if not Path(item).exists():
             raise UserError(f"image not found: {item}")
@@ -264,7 +264,7 @@ def predict(
         boxes = pred["boxes"][keep].cpu()
         labels = [f"{c} {s:.2f}" for c, s in zip(classes, scores)]
         canvas = draw_bounding_boxes(canvas, boxes, labels, width=2)
-        target = out / (Path(path).stem + ".png")
+        target = out / _unique_png(Path(path).stem, taken)  # a/0001.jpg, b/0001.jpg: two
         write_png(canvas, str(target))
         rows.append(
             {
@@ -289,3 +289,13 @@ RECIPE = register(
         preset="vitdet_vit_base_maskrcnn",
     )
 )
+
+
+def _unique_png(stem: str, taken: set) -> str:
+    """``stem.png``, or ``stem-2.png``, ``stem-3.png``... when an earlier image had it."""
+    name, n = f"{stem}.png", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.png"
+    taken.add(name)
+    return name

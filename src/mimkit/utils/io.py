@@ -181,7 +181,9 @@ def _first_line(e: BaseException) -> str:
     if "WeightsUnpickler error:" in text:  # not a pickle torch understands
         after = text.split("WeightsUnpickler error:", 1)[1]
         cause = next((line.strip() for line in after.splitlines() if line.strip()), "")
-        return f"unreadable pickle: {cause}" if cause else "unreadable pickle"
+        cause = f"unreadable pickle: {cause}" if cause else "unreadable pickle"
+        # e.g. a legacy file of pickle protocol 4/5, which the safe reader does not take
+        return f"{cause}; if you made or trust it, --trust-checkpoint (trust=True) reads it"
     if "central directory" in text:
         return "truncated or damaged: its zip archive has no central directory"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -199,6 +201,11 @@ def _what_file(path: Path) -> str | None:
     kind = next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
     if kind is None and head[8:9] == b"{":  # u64 header length, then its JSON
         kind = "a safetensors file: name it *.safetensors"
-    if kind is None and not head.startswith((b"PK", b"\x80")):  # torch writes zip or pickle
+    # torch writes a zip archive, or (legacy) a pickle: binary protocols start with \x80,
+    # protocols 0 and 1 with an ASCII opcode (e.g. 'L' of the magic number)
+    if kind is None and not head.startswith((b"PK", b"\x80", *_ASCII_PICKLE_STARTS)):
         kind = "not a torch file: neither a zip archive nor a pickle"
     return kind
+
+
+_ASCII_PICKLE_STARTS = tuple(bytes([c]) for c in b"LIJKM(}]c")
