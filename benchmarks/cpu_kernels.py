@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
-import time
 from datetime import date
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from compare_peers import machine, time_rounds  # same folder: the ABBA timer and record
 
 import mimkit
 from mimkit.engine.optim import weight_decay_groups
@@ -39,22 +38,24 @@ RESULTS = Path(__file__).parent / "results" / "cpu_kernels.jsonl"
 ATTENTION_SHAPES = [("vit_b16_encoder", (8, 12, 50, 64)), ("cifar_decoder", (128, 3, 65, 64))]
 
 
-def _timed(fn, steps: int) -> float:
-    fn()  # warm-up (allocations, oneDNN primitive creation)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t0) / steps
+class _Call:
+    """A function as ``time_rounds``' runner (``step(precision)``; the precision is fixed
+    inside each candidate here)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def step(self, _precision) -> None:
+        self.fn()
 
 
 def _interleaved(candidates: dict, rounds: int, steps: int) -> dict:
-    names, times = list(candidates), {n: [] for n in candidates}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            times[name].append(_timed(candidates[name], steps))
+    """compare_peers' ABBA rounds (1 warm-up step each) over the candidates."""
+    runners = {name: _Call(fn) for name, fn in candidates.items()}
+    times = time_rounds(runners, [(n, "") for n in candidates], rounds, steps, warmup=1)
     return {
-        n: {"s_min": min(t), "s_median": statistics.median(t), "rounds_s": t}
-        for n, t in times.items()
+        name: {"s_min": min(t), "s_median": statistics.median(t), "rounds_s": t}
+        for (name, _), t in times.items()
     }
 
 
@@ -107,11 +108,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     result = {
         "date": date.today().isoformat(),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "rounds": args.rounds,
         "adamw_vit_b16_mae": _interleaved(adamw_candidates(), args.rounds, 2),
         "attention": {},

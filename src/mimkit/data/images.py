@@ -43,20 +43,21 @@ def read_rgb_tensor(path: str | Path):
     ``open_rgb`` for the rest (torchvision returns 16-bit PNGs as uint16 and drops alpha
     instead of compositing it). The decompression-bomb limit applies to both."""
     import torch
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.io import ImageReadMode, decode_image
 
+    data = bytearray(Path(path).read_bytes())  # read once, for both decoders
     limit = Image.MAX_IMAGE_PIXELS  # None: the user turned PIL's bomb check off
-    with Image.open(path) as header:  # reads the header only: size and mode
+    with Image.open(io.BytesIO(data)) as header:  # parses the header only: size and mode
         small = limit is None or header.width * header.height <= limit
         mode = header.mode
     if small and mode in ("RGB", "L"):  # transparency, palettes, CMYK: open_rgb's rules
         try:
-            img = decode_image(read_file(str(path)), ImageReadMode.RGB)
+            img = decode_image(torch.frombuffer(data, dtype=torch.uint8), ImageReadMode.RGB)
             if img.dtype == torch.uint8:
                 return img
         except RuntimeError:  # a variant torchvision does not read: PIL's turn
             pass
-    return torch.from_numpy(np.array(open_rgb(path))).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(open_rgb(data))).permute(2, 0, 1).contiguous()
 
 
 def _reduce(img: Image.Image, max_side: int | None) -> Image.Image:

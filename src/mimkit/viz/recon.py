@@ -167,7 +167,7 @@ def reconstruction_grid(
     imgs = torch.stack(images).to(device)
     g = torch.Generator().manual_seed(seed)
     if hasattr(model, "teacher"):  # iBOT: block masks and prototypes
-        return prototype_grid(model, imgs, out, g, 0.4 if mask_ratio is None else mask_ratio)
+        return prototype_grid(model, imgs, out, g, mask_ratio)
     if hasattr(model, "window_size"):  # LoMaR: windows, their masks and predictions
         result = reconstruct_windows(model, imgs, g)
         loss = float(result["loss"])
@@ -192,7 +192,7 @@ IBOT_COLUMNS = (
 
 @torch.no_grad()
 def prototype_grid(
-    model, imgs: torch.Tensor, out, generator: torch.Generator, mask_ratio: float = 0.4
+    model, imgs: torch.Tensor, out, generator: torch.Generator, mask_ratio: float | None = None
 ) -> float:
     """iBOT: each image with a block mask drawn as in training (``mask_ratio`` of the
     patches, 0.4 by default: the upper end of the official 0.1-0.5 draw), its patches
@@ -204,6 +204,7 @@ def prototype_grid(
     model.eval()
     n, p = imgs.shape[0], model.patch_embed.patch_size[0]
     gh, gw = model.patch_embed.grid_size
+    mask_ratio = 0.4 if mask_ratio is None else mask_ratio
     rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
     masks = torch.stack([block_mask(gh, gw, mask_ratio, rng) for _ in range(n)]).to(imgs.device)
     _, t_patch = model.teacher(imgs)
