@@ -306,13 +306,12 @@ def _load_yaml(path: Path) -> DictConfig:
 
 
 def _parse_overrides(overrides) -> DictConfig:
-    for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise UserError(f"override '{item}' is not key=value (e.g. train.epochs=10)")
     import yaml
 
     layers = []
     for item in overrides:  # one at a time, so an error names the override
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"override '{item}' is not key=value (e.g. train.epochs=10)")
         try:
             layers.append(OmegaConf.from_dotlist([item]))
         except yaml.YAMLError as e:
