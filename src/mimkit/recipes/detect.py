@@ -245,9 +245,7 @@ def predict(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, taken = [], set()
-    for item in images:  # a folder gives its images, as for predict and visualize
-        if not Path(item).exists():
-            raise UserError(f"image not found: {item}")
+    # a folder gives its images, as for predict and visualize; a missing path is an error
     for path in collect_images([str(p) for p in images]):
         try:
             img = read_rgb_tensor(path)
