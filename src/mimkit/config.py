@@ -245,6 +245,7 @@ def load_config(
         if values:
             layers.append(OmegaConf.create(nest(values)))
         cfg = OmegaConf.merge(*layers)
+        _refuse_env_interpolations(cfg)
         if cfg.name is None and preset:
             cfg.name = Path(preset).stem
         obj = OmegaConf.to_object(cfg)
@@ -257,6 +258,31 @@ def load_config(
     _alias_eval_checkpoint(obj)
     validate(obj)
     return obj
+
+
+def _refuse_env_interpolations(node, key: str = "") -> None:
+    """``${oc.env:VAR}`` would be resolved into config.yaml and every checkpoint, where a
+    secret (a token, a password in a URL) does not belong: refused, naming the key. Other
+    interpolations (``${train.epochs}``) hold no outside value and are fine."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _refuse_env_interpolations(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for v in node:
+            _refuse_env_interpolations(v, key)
+    elif isinstance(node, str) and re.search(r"\$\{\s*(oc\.)?env:", node):
+        raise UserError(_env_message(key))
+
+
+def _env_message(key: str) -> str:
+    return (
+        f"config key '{key}' reads an environment variable (${{oc.env:...}}): mimkit saves "
+        "the resolved config in config.yaml and every checkpoint, so it would write the "
+        "value there; pass the value itself, or keep secrets in the tool's own variables "
+        "(WANDB_API_KEY, MLFLOW_TRACKING_URI)"
+    )
 
 
 def task_defaults(task: str) -> dict:

@@ -155,7 +155,7 @@ def open_shards(spec: str | Path, num_samples: int | None = None) -> ShardSet:
     count of an index; it is required where there is no index)."""
     p = Path(str(spec))
     if not _REMOTE.match(str(spec)) and p.is_dir():
-        urls, counts, classes = read_index(p)
+        urls, counts, classes = read_index(p.resolve())
         return ShardSet([str(u) for u in urls], num_samples or sum(counts), classes)
     urls = expand_urls(str(spec))
     local = [u for u in urls if not _REMOTE.match(u)]
@@ -182,11 +182,33 @@ def read_index(folder: str | Path) -> tuple[list[Path], list[int], list[str]]:
             f"{folder} has no {INDEX}: write shards with `mimkit shards --data DIR --out {folder}`"
         )
     meta = json.loads(index.read_text())
-    shards = [folder / name for name in meta["shards"]]
+    folder = folder.resolve()  # absolute: no name can be read as a scheme or command
+    shards = [folder / _plain_name(name, index) for name in meta["shards"]]
     missing = [str(p) for p in shards if not p.is_file()]
     if missing:
         raise UserError(f"shard listed in {index} not found: {missing[0]}")
     return shards, meta["counts"], meta.get("classes", [])
+
+
+def _plain_name(name, index: Path) -> str:
+    """A shard name of an index: a relative file name inside its folder. A name with a
+    scheme (``pipe:``, ``https:``), an absolute path or ``..`` is refused: webdataset
+    would run a ``pipe:`` name through the shell (an index is data, never a command)."""
+    s = str(name)
+    parts = Path(s).parts
+    if (
+        not isinstance(name, str)
+        or not s
+        or ":" in s
+        or Path(s).is_absolute()
+        or ".." in parts
+        or "\\" in s
+    ):
+        raise UserError(
+            f"{index} lists shard {s!r}: an index may only hold plain file names inside "
+            "its folder (no scheme, absolute path or '..'); rewrite it with `mimkit shards`"
+        )
+    return s
 
 
 def _counts_from_index(urls: list[str]) -> tuple[list[int] | None, list[str]]:

@@ -10,6 +10,7 @@ the one Trainer.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ def resolve(
     run's saved config is the base (and its folder the default ``out``), and a pretraining
     checkpoint of another model is refused before anything is written."""
     recipe = get_recipe(task)
-    base, path, saved_model = None, None, None
+    base, path, saved_model, stored_data = None, None, None, None
     if resume:
         path = resume_path(resume)
         state = load_training_state(path, trust=trust)
@@ -54,13 +55,45 @@ def resolve(
         has_out = any(str(o).startswith("out=") for o in overrides) or "out" in (values or {})
         if not has_out:
             base["out"] = str(path.parent)
+        stored_data = _plain_data_location(base, path)
     preset = preset or (None if base else recipe.preset)
     cfg = config_lib.load_config(preset, overrides, base=base, task=task, values=values)
+    if resume:
+        _data_from_checkpoint(cfg, stored_data)
     if trust:
         cfg.trust_checkpoint = True
     if path and task == "pretrain" and saved_model and saved_model != cfg.model.name:
         raise UserError(f"{path} holds {saved_model}, the config asks for {cfg.model.name}")
     return cfg, path
+
+
+def _plain_data_location(base: dict, path: Path) -> str | None:
+    """Take the data location out of a checkpoint's config unless it is a plain path: a
+    ``pipe:`` command or a URL in a file someone sent you must never run (the user gives
+    it again with --data). Returns what the checkpoint named, for the run header."""
+    data = base.get("data") if isinstance(base.get("data"), dict) else {}
+    stored = data.get("path")
+    if stored is not None and not is_plain_path(str(stored)):
+        data["path"] = None
+    return stored
+
+
+def is_plain_path(location: str) -> bool:
+    """A local path: no ``pipe:`` command and no URL scheme (``hf:DIR`` is a local folder)."""
+    s = location.removeprefix("hf:parquet:").removeprefix("hf:")
+    return not s.startswith("pipe:") and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s)
+
+
+def _data_from_checkpoint(cfg: config_lib.Config, stored: str | None) -> None:
+    if cfg.data.path is None and stored is not None and not is_plain_path(str(stored)):
+        raise UserError(
+            f"the run read its data from {stored!r}, a command or URL stored in its "
+            "checkpoint, which mimkit never runs from a file: give the data again with "
+            "--data (data= in Python)"
+        )
+    if cfg.data.path is not None:
+        origin = "from the checkpoint's config" if cfg.data.path == stored else "given"
+        log.info("data: %s (%s)", cfg.data.path, origin)
 
 
 @dataclass

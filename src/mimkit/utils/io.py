@@ -67,6 +67,7 @@ def atomic_write(path: str | Path, write) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     recorder = None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() honours umask
         with os.fdopen(fd, "wb") as f:
             recorder = _Recorder(f)
             write(recorder)
@@ -84,6 +85,12 @@ def atomic_write(path: str | Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_save(obj, path: str | Path) -> Path:
