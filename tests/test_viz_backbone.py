@@ -24,8 +24,8 @@ from mimkit.viz.features import (
 from mimkit.viz.grid import GREEN, RED, load_images
 from mimkit.viz.neighbors import draw_neighbors, nearest_neighbors, neighbors_figure
 
-try:  # iBOT's backbone is moving to methods/
-    from mimkit.methods.ibot.model import IBOTViT
+try:  # iBOT's backbone moved to methods/ibot/
+    from mimkit.methods.ibot.backbone import IBOTViT
 except ImportError:
     from mimkit.models.ibot import IBOTViT
 
@@ -70,6 +70,15 @@ def _beit(shared: bool):
     return m, tables
 
 
+def _mimkit_beit():
+    """mimkit's BEiT (SimMIM's encoder): timm's Beit blocks, one shared bias table."""
+    beit = pytest.importorskip("mimkit.models.beit", reason="mimkit's BEiT not merged yet")
+    m = beit.BEiT(**SMALL)
+    tables = [m.rel_pos_bias.relative_position_bias_table]
+    _randomise(tables + [p for b in m.blocks for p in (b.attn.q_bias, b.attn.v_bias)])
+    return m, tables
+
+
 def _timm_vit():
     return timm.create_model("vit_tiny_patch16_224", pretrained=False), []
 
@@ -80,6 +89,7 @@ BACKBONES = {
     "ibot": _ibot,
     "beit_shared_rel_pos": lambda: _beit(True),
     "beit_per_block_rel_pos": lambda: _beit(False),
+    "mimkit_beit": _mimkit_beit,
     "timm_vit_tiny": _timm_vit,
 }
 

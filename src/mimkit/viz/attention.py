@@ -256,8 +256,9 @@ def block_attention(model: nn.Module, images: torch.Tensor, block: int = -1) -> 
         seen = _run_to(model, attn, images)
     finally:
         model.train(was_training)
-    x, *rest = seen["args"]
-    probs, output = recompute(attn, x, *rest, **seen["kwargs"])
+    args, kwargs = seen["args"], seen["kwargs"]
+    x, rest = (args[0], args[1:]) if args else (kwargs.pop("x"), ())
+    probs, output = recompute(attn, x, *rest, **kwargs)
     grid = patch_grid(model, images)
     prefix = getattr(model, "num_prefix_tokens", x.shape[1] - grid[0] * grid[1])
     if prefix + grid[0] * grid[1] != x.shape[1]:

@@ -43,7 +43,8 @@ from .grid import colormap, compose_grid, display_from_batch, to_hwc, upsample
 
 @torch.no_grad()
 def patch_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """images: (N, 3, H, W) -> patch features (N, h, w, D), float32, in eval mode."""
+    """images: (N, 3, H, W) -> patch features (N, h, w, D), float32 on the CPU (a few
+    thousand vectors: PCA, k-means and drawing run there), computed in eval mode."""
     was_training = model.training
     model.eval()
     try:
@@ -51,12 +52,12 @@ def patch_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     finally:
         model.train(was_training)
     if tokens.ndim == 4:  # a convolutional map (N, D, h, w)
-        return tokens.permute(0, 2, 3, 1).float()
+        return tokens.permute(0, 2, 3, 1).float().cpu()
     h, w = patch_grid(model, images)
     prefix = getattr(model, "num_prefix_tokens", tokens.shape[1] - h * w)
     if tokens.shape[1] - prefix != h * w:
         raise ValueError(f"{tokens.shape[1]} tokens less {prefix} prefix do not fill {h}x{w}")
-    return tokens[:, prefix:].reshape(len(tokens), h, w, -1).float()
+    return tokens[:, prefix:].reshape(len(tokens), h, w, -1).float().cpu()
 
 
 @dataclass
@@ -117,7 +118,7 @@ def pca_rgb(features: torch.Tensor, threshold: float | None = 0.5) -> FeaturePCA
     flat = features.reshape(-1, d).float()
     first = _minmax(fit_pca(flat, 1).transform(flat))[:, 0].reshape(n, h, w)
     if h > 2 and w > 2:
-        edge = _border(h, w).expand(n, h, w)
+        edge = _border(h, w).to(first.device).expand(n, h, w)
         if first[edge].mean() > first[~edge].mean():
             first = 1 - first
     fg = first > threshold if threshold is not None else torch.ones_like(first, dtype=torch.bool)
@@ -211,6 +212,7 @@ def draw_features(
     """display: (N, 3, H, W) in [0, 1]; rgb: (N, h, w, 3); labels: (N, h, w) -> the grid
     (columns: image, PCA colours, clusters over the image)."""
     size = tuple(display.shape[-2:])
+    rgb, labels = rgb.cpu(), labels.cpu()
     colours = upsample(rgb.permute(0, 3, 1, 2), size).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     ids = upsample(labels[:, None].float(), size, "nearest")[:, 0].long().numpy()
     palette = _palette(int(labels.max()) + 1)
