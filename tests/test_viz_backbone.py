@@ -11,6 +11,7 @@ from timm.layers import Attention as TimmAttention
 from timm.models.beit import Beit
 from torch import nn
 
+from mimkit.errors import UserError
 from mimkit.models.vit import VisionTransformer
 from mimkit.viz.attention import attention_figure, attention_maps, block_attention
 from mimkit.viz.features import (
@@ -136,7 +137,7 @@ def test_unknown_attention_type_is_refused_clearly():
     old = model.blocks[0].attn
     model.blocks[0].attn = MyAttention(32, num_heads=2, qkv_bias=True)
     model.blocks[0].attn.load_state_dict(old.state_dict())
-    with pytest.raises(TypeError, match="MyAttention.*register_attention"):
+    with pytest.raises(UserError, match="MyAttention.*register_attention"):
         block_attention(model, torch.randn(1, 3, 32, 32), block=0)
 
 
@@ -263,7 +264,9 @@ def test_neighbors_figure_checks_lengths():
         neighbors_figure(torch.randn(1, 4), torch.randn(5, 4), ["q.png"], ["a.png"], k=2)
 
 
-def test_attention_maps_do_not_need_a_head():
+def test_attention_maps_refuse_what_has_no_blocks():
     model = nn.Sequential()  # no blocks, no patch_embed
-    with pytest.raises(TypeError, match="no transformer blocks"):
+    with pytest.raises(UserError, match="no transformer blocks"):
         attention_maps(model, torch.randn(1, 3, 32, 32))
+    with pytest.raises(UserError, match="block 5 out of range: the model has 2 blocks"):
+        attention_maps(VisionTransformer(**SMALL), torch.randn(1, 3, 32, 32), block=5)

@@ -42,6 +42,7 @@ from timm.layers import Attention as TimmAttention
 from timm.models.beit import Attention as BeitAttention
 from torch import nn
 
+from ..errors import UserError
 from ..layers.attention import Attention as MimkitAttention
 from ..layers.irpe import IRPEAttention, token_grid
 from .grid import compose_grid, display_from_batch, heat_overlay, to_hwc, upsample
@@ -63,11 +64,12 @@ def register_attention(*classes: type) -> Callable[[Recompute], Recompute]:
 
 
 def recompute_for(module: nn.Module) -> Recompute:
-    """The registered recomputation for ``type(module)``, or a UserError-style message."""
+    """The registered recomputation for ``type(module)`` (a UserError naming the known
+    types when there is none: the CLI prints it as one line)."""
     fn = _RECOMPUTE.get(type(module))
     if fn is None:
         known = ", ".join(sorted(f"{c.__module__}.{c.__qualname__}" for c in _RECOMPUTE))
-        raise TypeError(
+        raise UserError(
             f"no attention recomputation for {type(module).__module__}."
             f"{type(module).__qualname__}; known: {known}. Add one with "
             "mimkit.viz.attention.register_attention"
@@ -199,7 +201,7 @@ class _Captured(Exception):
 def patch_grid(model: nn.Module, images: torch.Tensor) -> tuple[int, int]:
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if patch is None:
-        raise TypeError(f"{type(model).__name__} has no patch_embed.patch_size: not a ViT")
+        raise UserError(f"{type(model).__name__} has no patch_embed.patch_size: not a ViT")
     ph, pw = (patch, patch) if isinstance(patch, int) else patch
     return images.shape[-2] // ph, images.shape[-1] // pw
 
@@ -208,12 +210,12 @@ def attention_module(model: nn.Module, block: int) -> nn.Module:
     """``model.blocks[block].attn`` with a clear message when the model has none."""
     blocks = getattr(model, "blocks", None)
     if blocks is None or not len(blocks):
-        raise TypeError(f"{type(model).__name__} has no transformer blocks (model.blocks)")
+        raise UserError(f"{type(model).__name__} has no transformer blocks (model.blocks)")
     if not -len(blocks) <= block < len(blocks):
-        raise IndexError(f"block {block} out of range: the model has {len(blocks)} blocks")
+        raise UserError(f"block {block} out of range: the model has {len(blocks)} blocks")
     attn = getattr(blocks[block], "attn", None)
     if attn is None:
-        raise TypeError(f"block {block} ({type(blocks[block]).__name__}) has no .attn")
+        raise UserError(f"block {block} ({type(blocks[block]).__name__}) has no .attn")
     return attn
 
 
