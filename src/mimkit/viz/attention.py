@@ -199,6 +199,7 @@ class _Captured(Exception):
 
 
 def patch_grid(model: nn.Module, images: torch.Tensor) -> tuple[int, int]:
+    """The (h, w) patch grid of ``images`` (N, 3, H, W) for a ViT's patch size."""
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if patch is None:
         raise UserError(f"{type(model).__name__} has no patch_embed.patch_size: not a ViT")
