@@ -170,6 +170,10 @@ def test_a_few_upernet_steps_reduce_the_loss():
     x, y = torch.randn(2, 3, 64, 64), _labels(2, 64, 64, 4)
     losses = _fit(model, x, y, 20, 1e-2)
     assert losses[-1] < 0.75 * losses[0], losses
+    # every trainable tensor took part (DDP without find_unused_parameters); the ViT's
+    # final norm, which the pyramid never runs, is frozen
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert not model.backbone.vit.norm.weight.requires_grad
 
 
 def test_linear_probe_keeps_the_vit_frozen_and_the_pixel_floor_learns():
@@ -628,11 +632,15 @@ def test_pictures_and_predicted_mask_files(tmp_path):
     label[:4] = 255
     img = torch.randint(0, 256, (3, 24, 32), dtype=torch.uint8)
     fig = seg.prediction_figure(img, pred, label, colors, tmp_path / "o.png", list("abcde"))
-    assert Image.open(fig).size[0] > 300
+    with Image.open(fig) as im:
+        assert im.size[0] > 300
     bars = seg.plot_class_iou([50.0, float("nan"), 80.0], ["a", "b", "c"], tmp_path / "iou.png")
-    assert Image.open(bars).format == "PNG"
+    with Image.open(bars) as im:
+        assert im.format == "PNG"
     path = seg.save_mask(pred, tmp_path / "m.png", colors)
-    assert Image.open(path).mode == "P" and torch.equal(torch.from_numpy(seg.read_mask(path)), pred)
+    with Image.open(path) as im:
+        assert im.mode == "P"
+    assert torch.equal(torch.from_numpy(seg.read_mask(path)), pred)
     big = seg.save_mask(torch.full((4, 4), 299), tmp_path / "big.png", colors)
     assert seg.read_mask(big).max() == 299
 

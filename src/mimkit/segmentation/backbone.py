@@ -64,6 +64,17 @@ def enable_dynamic_size(vit: nn.Module) -> bool:
     return True
 
 
+def _freeze_unused(vit: nn.Module, keep_norm: bool) -> None:
+    """The classification parts segmentation never runs (the final norm unless used,
+    ``fc_norm``, pooling, head) get no gradient: frozen, so DDP needs no
+    ``find_unused_parameters`` and the optimizer no groups for them."""
+    names = ("fc_norm", "attn_pool", "head") + (() if keep_norm else ("norm",))
+    for name in names:
+        module = getattr(vit, name, None)
+        if isinstance(module, nn.Module):
+            module.requires_grad_(False)
+
+
 def _normalise(indices: Sequence[int], depth: int) -> tuple[int, ...]:
     out = []
     for i in indices:
@@ -95,6 +106,7 @@ class BlockFeatures(nn.Module):
         self.norm = norm
         self.patch_size = _patch_size(vit)
         self.dynamic = enable_dynamic_size(vit)
+        _freeze_unused(vit, keep_norm=norm)
         img = vit.patch_embed.img_size
         self.built_size = tuple(img) if img is not None else None
 
