@@ -20,6 +20,8 @@ from ..data.sources import ImageSource
 from ..engine import distributed as dist
 from ..engine import precision as precision_lib
 from ..errors import UserError
+from ..utils.cache import files_fingerprint, weights_identity
+from ..utils.finite import first_non_finite
 from ..utils.io import atomic_save
 
 log = logging.getLogger("mimkit")
@@ -113,7 +115,36 @@ def extract(
             f = encode(model, batch["image"].to(device, non_blocking=True))
         feats.append(f.float().cpu())
     mine = torch.cat(feats) if feats else torch.zeros(0, 0)
-    return _assemble(dist.all_gather_object((mine, bad)), source)
+    out = _assemble(dist.all_gather_object((mine, bad)), source)
+    _check_finite(out, model, precision)
+    return out
+
+
+class NonFiniteFeatures(UserError):
+    """Features with NaN or inf: every score computed from them would be a plausible-looking
+    number (a kNN top-1 of 1/C), so extraction stops. ``detail`` says where and why."""
+
+    def __init__(self, detail: str):
+        super().__init__(f"the model gives {detail}")
+        self.detail = detail
+
+
+def _check_finite(out: dict, model, precision: str) -> None:
+    finite = torch.isfinite(out["features"]).all(1)
+    if bool(finite.all()):
+        return
+    first = out["paths"][int((~finite).nonzero()[0])]
+    weight = first_non_finite(model)
+    if weight:
+        why = f"its weight {weight} holds NaN/inf"
+    elif precision != "fp32":  # finite weights, finite images: the activations overflowed
+        why = f"its weights are finite but a value overflowed in {precision} (train.precision=fp32)"
+    else:
+        why = "its weights are finite"
+    raise NonFiniteFeatures(
+        f"non-finite features (NaN/inf) for {int((~finite).sum())} of {len(finite)} images "
+        f"(first: {first}): {why}"
+    )
 
 
 def _assemble(parts: list, source: ImageSource) -> dict:
@@ -142,33 +173,64 @@ def cache_key(**parts) -> str:
 
 
 def checkpoint_identity(path: str | None) -> dict:
+    """The checkpoint by what its files hold (see ``utils.cache``): a file overwritten in
+    place, or any weight file of a Hugging Face folder, gives a new key."""
     if not path or path == "none":
         return {"checkpoint": "none"}
     p = Path(path).resolve()
-    st = p.stat()
-    return {"checkpoint": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"checkpoint": str(p), "files": weights_identity(p)}
 
 
 def source_identity(source: ImageSource) -> dict:
+    """The data by content: every file's path, size and mtime_ns (an edited image is new
+    data), and the labels. Table-backed sources (Hugging Face) count their table files."""
+    files = _backing_files(source)
     h = hashlib.sha256()
-    for p in source.paths:
-        h.update(p.encode() + b"\0")
+    if files is None:
+        h.update(files_fingerprint(source.paths).encode())
+    else:
+        for p in source.paths:
+            h.update(p.encode() + b"\0")
+        h.update(files_fingerprint(files).encode())
     h.update(json.dumps(source.labels).encode())
-    return {"n": len(source), "paths": h.hexdigest()}
+    return {"n": len(source), "content": h.hexdigest()}
+
+
+def _backing_files(source: ImageSource) -> list[str] | None:
+    """The files behind a source whose entries are not files (rows of a memory-mapped
+    Arrow table: ``datasets``' ``cache_files``); None for a source of image files."""
+    if source.reader is None:
+        return None
+    ds = getattr(source.reader, "ds", None)
+    return [f["filename"] for f in getattr(ds, "cache_files", None) or []]
 
 
 def cached_extract(cache_dir: Path | None, key_parts: dict, compute) -> dict:
-    """Load features from ``cache_dir/<key>.pt`` or compute, save (rank 0) and return them."""
+    """Load features from ``cache_dir/<key>.pt`` or compute, save (rank 0) and return them.
+    Non-finite features are an error naming the checkpoint (``key_parts['checkpoint']``)."""
+    try:
+        return _cached_extract(cache_dir, key_parts, compute)
+    except NonFiniteFeatures as e:
+        ckpt = key_parts.get("checkpoint", "none")
+        who = f"checkpoint {ckpt}" if ckpt != "none" else "the randomly initialised model"
+        raise UserError(f"{who} gives {e.detail}") from None
+
+
+def _cached_extract(cache_dir: Path | None, key_parts: dict, compute) -> dict:
     if cache_dir is None:
         return compute()
     path = Path(cache_dir) / f"{cache_key(**key_parts)}.pt"
     if path.is_file():
         try:
             out = torch.load(path, weights_only=True)
-            log.info("features from cache %s", path)
-            return out
         except Exception:  # a stale or damaged cache file is recomputed, never trusted
             log.warning("unreadable feature cache %s: recomputing", path)
+        else:
+            if bool(torch.isfinite(out["features"]).all()):
+                log.info("features from cache %s", path)
+                return out
+            # written before non-finite features were refused: extract again, which says why
+            log.warning("feature cache %s holds NaN/inf features: recomputing", path)
     out = compute()
     if dist.is_main():
         atomic_save(out, path)
