@@ -5,6 +5,7 @@ throughput (CIFAR-10: 50,000 x 3 x 32 x 32 bytes = 154 MB)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -14,7 +15,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
+from ..errors import UserError
 from ..utils import distributed as dist
+from ..utils.cache import files_fingerprint
 from ..utils.io import atomic_save
 from .datasets import load_rgb
 from .device_aug import augment_batch
@@ -51,9 +54,11 @@ def _collate(items):
 
 
 def tensor_cache_path(cache_dir: str | Path, source: ImageSource, size: int) -> Path:
+    """The cache file for (source, size), named by content: every image's path, size and
+    mtime_ns and the labels (see ``utils.cache``), so an edited image is decoded again."""
     h = hashlib.sha256(f"{size}\0".encode())
-    for p in source.paths:
-        h.update(p.encode() + b"\0")
+    h.update(files_fingerprint(source.paths).encode())
+    h.update(json.dumps(source.labels).encode())
     return Path(cache_dir) / f"images-{len(source)}-{size}px-{h.hexdigest()[:16]}.pt"
 
 
@@ -91,19 +96,47 @@ def build_tensor_cache(
 def load_tensor_cache(
     source: ImageSource, size: int, cache_dir: str | Path, num_workers: int = 4
 ) -> dict:
-    """The cache for (source, size): built by rank 0 on first use, then read by all."""
+    """The cache for (source, size): built by rank 0 on first use, then read by all. A
+    damaged file (a killed copy, a full disk) is named in a warning and built again."""
     path = tensor_cache_path(cache_dir, source, size)
-    if not path.is_file() and dist.is_main():
-        log.info("building tensor cache %s (%d images at %d px)", path, len(source), size)
-        build_tensor_cache(source, size, path, num_workers)
+    cache = None
+    if dist.is_main():
+        cache = _read(path) if path.is_file() else None
+        if cache is None:
+            log.info("building tensor cache %s (%d images at %d px)", path, len(source), size)
+            cache = build_tensor_cache(source, size, path, num_workers)
     dist.barrier()
-    cache = torch.load(path, weights_only=True)
+    if cache is None:  # the other ranks read what rank 0 checked or wrote
+        try:
+            cache = torch.load(path, weights_only=True)
+        except Exception as e:
+            raise UserError(
+                f"tensor cache {path} cannot be read on rank {dist.rank()} after rank 0 wrote "
+                f"it ({failure_reason(e)}): is the cache folder ($MIMKIT_CACHE) shared by "
+                "every node?"
+            ) from None
     if cache["bad"]:
         log.warning(
             "%d unreadable images left out of the cache (first: %s)",
             len(cache["bad"]),
             cache["bad"][0],
         )
+    return cache
+
+
+_KEYS = ("images", "labels", "bad", "size", "classes")
+
+
+def _read(path: Path) -> dict | None:
+    """The cache at ``path``, or None (with a warning naming it) when it cannot be read:
+    torch's own error for a truncated file is a bare ``OSError`` with no file name."""
+    try:
+        cache = torch.load(path, weights_only=True)
+        if not isinstance(cache, dict) or any(k not in cache for k in _KEYS):
+            raise ValueError("not a tensor cache")
+    except Exception as e:  # truncated zip, garbage, another file: rebuilt, never trusted
+        log.warning("damaged tensor cache %s (%s): rebuilding it", path, failure_reason(e))
+        return None
     return cache
 
 
