@@ -12,6 +12,7 @@ from ..data.images import failure_reason, open_rgb
 from ..engine import precision as precision_lib
 from ..errors import UserError
 from ..models import preprocessing
+from ..utils.finite import first_non_finite
 
 log = logging.getLogger("mimkit")
 
@@ -47,10 +48,12 @@ def predict_files(
     batch_size: int = 64,
     num_workers: int = 2,
     precision: str = "auto",
+    checkpoint: str | None = None,
 ) -> list[dict]:
     """One row per readable image: {'path', 'top': [{'class', 'prob'}, ...]}; unreadable
     images are skipped with a warning naming the reason. ``precision`` 'auto' resolves as
-    training's (bf16 on CUDA and on CPUs with native bf16)."""
+    training's (bf16 on CUDA and on CPUs with native bf16). Non-finite logits are an
+    error naming ``checkpoint`` (the file the model came from) and the first bad weight."""
     loader = torch.utils.data.DataLoader(
         _Files(files, eval_transform(**preprocessing(model))),
         batch_size=batch_size,
@@ -69,7 +72,9 @@ def predict_files(
         if images is None:
             continue
         with precision_lib.autocast(precision, device):
-            probs = model(images.to(device)).float().softmax(-1).cpu()
+            logits = model(images.to(device)).float()
+        _check_finite(logits, [files[i] for i in idx], model, checkpoint, precision)
+        probs = logits.softmax(-1).cpu()
         top = probs.topk(k, dim=1)
         for row, i in enumerate(idx):
             pairs = zip(top.values[row].tolist(), top.indices[row].tolist())
@@ -80,6 +85,23 @@ def predict_files(
                 }
             )
     return rows
+
+
+def _check_finite(logits, paths: list[str], model, checkpoint: str | None, precision) -> None:
+    """A NaN logit prints as a class with probability 'nan': an answer that is none."""
+    finite = torch.isfinite(logits).all(1)
+    if bool(finite.all()):
+        return
+    first = paths[int((~finite).nonzero()[0])]
+    weight = first_non_finite(model)
+    if weight:
+        why = f"its weight {weight} holds NaN/inf"
+    elif precision != "fp32":
+        why = f"its weights are finite but a value overflowed in {precision} (--precision fp32)"
+    else:
+        why = "its weights are finite"
+    who = f"checkpoint {checkpoint}" if checkpoint else "the model"
+    raise UserError(f"{who} gives non-finite logits (NaN/inf) for {first}: {why}")
 
 
 def class_names(path: str | None, saved: list | None, n: int) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import UserError
+from ..utils.finite import first_non_finite
+
+log = logging.getLogger("mimkit")
 
 _SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
 
@@ -72,6 +76,7 @@ def _write_timm(model, out: str | Path, recipe: dict) -> dict:
         raise UserError(
             f"timm export writes safetensors: name the file *.safetensors, not {out.name}"
         )
+    refuse_non_finite(model)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(out), metadata={"format": "pt", "timm_model": recipe["model_name"]})
@@ -85,6 +90,16 @@ def _write_timm(model, out: str | Path, recipe: dict) -> dict:
     )
     out.with_suffix(".json").write_text(json.dumps(recipe, indent=2) + "\n")
     return recipe
+
+
+def refuse_non_finite(model) -> None:
+    """An exported NaN loads everywhere without a word and answers NaN: refuse it here."""
+    bad = first_non_finite(model)
+    if bad:
+        raise UserError(
+            f"not exported: weight {bad} holds NaN/inf (a diverged run or a damaged file); "
+            "export a checkpoint from before it"
+        )
 
 
 DEFAULT_NAMES = {"timm": "model.safetensors", "torchscript": "model.pt", "onnx": "model.onnx"}
@@ -129,9 +144,15 @@ def export_torchscript(model: nn.Module, out: str | Path, img_size: int) -> Path
     return out
 
 
+# protobuf's 2 GiB limit on one message, less room for the graph itself
+ONNX_SINGLE_FILE_LIMIT = 2**31 - 2**27
+
+
 def export_onnx(model: nn.Module, out: str | Path, img_size: int) -> Path:
     """ONNX (dynamo exporter) with a dynamic batch dimension: images -> logits (or
-    features for a FeatureExtractor)."""
+    features for a FeatureExtractor). One self-contained file when the weights fit
+    protobuf's 2 GiB; larger models keep them in ``<out>.data`` beside it, which a warning
+    names (the .onnx alone is then not the model; ``onnx_files`` lists both)."""
     try:
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError:
@@ -143,6 +164,7 @@ def export_onnx(model: nn.Module, out: str | Path, img_size: int) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch")
+    external = _needs_external_data(model)
     torch.onnx.export(
         model,
         (example,),
@@ -151,25 +173,51 @@ def export_onnx(model: nn.Module, out: str | Path, img_size: int) -> Path:
         input_names=["images"],
         output_names=["features" if isinstance(model, FeatureExtractor) else "logits"],
         dynamic_shapes=({0: batch},),
+        external_data=external,  # torch's default (True) splits even a tiny model in two
         verbose=False,
     )
+    files = onnx_files(model, out)
+    if len(files) > 1:
+        log.warning(
+            "%s keeps its weights in %s (over ONNX's 2 GiB single-file limit): copy both "
+            "files together, the .onnx alone does not load",
+            *files,
+        )
     return out
+
+
+def onnx_files(model: nn.Module, out: Path) -> list[Path]:
+    """The files ``export_onnx(model, out)`` writes: the .onnx, and its external weights
+    (``<out>.data``) when the model is too large for one file."""
+    data = out.with_name(out.name + ".data")
+    return [out, data] if _needs_external_data(model) and data.is_file() else [out]
+
+
+def _needs_external_data(model: nn.Module) -> bool:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors) >= ONNX_SINGLE_FILE_LIMIT
 
 
 def export_inference(model: nn.Module, out: str | Path, fmt: str) -> dict:
     """A classifier (images -> logits) or an encoder (images -> pooled features) as a
     TorchScript or ONNX file, eval-mode BatchNorm folded first (exact; ``folded`` and
-    ``kept`` name the layers). Returns the file and what it takes and gives."""
+    ``kept`` name the layers). Returns the file (``path``; ``files``: every file written,
+    with an ONNX model's external weights) and what it takes and gives. Weights with
+    NaN/inf are refused, naming the tensor."""
     from ..models import input_size
     from .fold import fold_batchnorm
 
     if fmt not in ("torchscript", "onnx"):
         raise UserError(f"export format must be torchscript or onnx here, got '{fmt}'")
+    refuse_non_finite(model)
     size = input_size(model)
     classifier = bool(getattr(model, "num_classes", 0))
     folds = fold_batchnorm(model.eval())
     target = model if classifier else FeatureExtractor(model)
-    fn = export_torchscript if fmt == "torchscript" else export_onnx
-    path = fn(target, output_path(out, fmt), size)
+    path = output_path(out, fmt)
+    if fmt == "torchscript":
+        files = [export_torchscript(target, path, size)]
+    else:
+        files = onnx_files(target, export_onnx(target, path, size))
     output = "logits" if classifier else f"features (N, {model.num_features})"
-    return {"path": path, "img_size": size, "output": output, **folds}
+    return {"path": path, "files": files, "img_size": size, "output": output, **folds}
