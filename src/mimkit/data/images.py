@@ -1,9 +1,11 @@
 """Decoding one image into RGB, the one way every data path does it.
 
 Grayscale, palette, CMYK and 16-bit images become 8-bit RGB (16-bit values scaled, not
-clipped); transparency is composited on white. PIL's decompression-bomb limit stays on;
-a large JPEG is decoded at a reduced scale (``draft``) when the caller only needs
-``max_side`` pixels, and other formats are reduced after decoding.
+clipped); transparency is composited on white; an EXIF orientation tag is applied (a
+phone photo comes out upright, as viewers show it, on every decode path). PIL's
+decompression-bomb limit stays on; a large JPEG is decoded at a reduced scale (``draft``)
+when the caller only needs ``max_side`` pixels, and other formats are reduced after
+decoding.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -33,6 +35,7 @@ def open_rgb(src: str | Path | bytes, max_side: int | None = None) -> Image.Imag
             if max_side and img.format == "JPEG" and min(img.size) > 2 * max_side:
                 img.draft("RGB", (max_side, max_side))  # decoder picks scale >= requested
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)  # phone photos: upright, as shown
             img = _reduce(img, max_side)
             return to_rgb(img)
 
@@ -49,15 +52,50 @@ def read_rgb_tensor(path: str | Path):
     limit = Image.MAX_IMAGE_PIXELS  # None: the user turned PIL's bomb check off
     with Image.open(io.BytesIO(data)) as header:  # parses the header only: size and mode
         small = limit is None or header.width * header.height <= limit
-        mode = header.mode
+        mode, orientation = header.mode, exif_orientation(header)
     if small and mode in ("RGB", "L"):  # transparency, palettes, CMYK: open_rgb's rules
         try:
             img = decode_image(torch.frombuffer(data, dtype=torch.uint8), ImageReadMode.RGB)
             if img.dtype == torch.uint8:
-                return img
+                return orient(img, orientation)
         except RuntimeError:  # a variant torchvision does not read: PIL's turn
             pass
     return torch.from_numpy(np.array(open_rgb(data))).permute(2, 0, 1).contiguous()
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1-8; 1 = stored upright) of an opened image, from its
+    header: JPEG and WebP keep EXIF there. A PNG's eXIf chunk may follow the pixels, and
+    reading it would decode them: a PNG counts only when its header already has it."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    try:
+        value = img.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block is no orientation, as PIL treats it
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+_ORIENTATION = 0x0112
+
+
+def orient(img, orientation: int):
+    """A decoded (..., H, W) tensor turned upright for an EXIF ``orientation``: the same
+    transposes as ``PIL.ImageOps.exif_transpose`` (torchvision's decoders apply none on
+    CUDA and only for JPEG on CPU, so every tensor path does it here, one way)."""
+    turn = _TURNS.get(orientation)
+    return img if turn is None else turn(img).contiguous()
+
+
+_TURNS = {  # orientation -> what undoes it, on (..., H, W)
+    2: lambda x: x.flip(-1),
+    3: lambda x: x.flip(-2, -1),
+    4: lambda x: x.flip(-2),
+    5: lambda x: x.transpose(-2, -1),
+    6: lambda x: x.rot90(-1, dims=(-2, -1)),  # stored turned a quarter anticlockwise
+    7: lambda x: x.transpose(-2, -1).flip(-2, -1),
+    8: lambda x: x.rot90(1, dims=(-2, -1)),
+}
 
 
 def _reduce(img: Image.Image, max_side: int | None) -> Image.Image:

@@ -1,6 +1,7 @@
 """JPEG files decoded on the device: workers only read bytes; the batch is decoded with
 ``torchvision.io.decode_jpeg(list, device=...)`` (batched nvJPEG on CUDA, libjpeg on
-CPU), then cropped, resized and flipped per image on the device.
+CPU), turned upright by each file's EXIF orientation (read from the header in the
+workers), then cropped, resized and flipped per image on the device.
 
 Files that are not JPEG fall back to CPU decoding; unreadable ones are counted and
 their slots filled with another image of the batch (batch shapes stay fixed for DDP).
@@ -8,13 +9,16 @@ their slots filled with another image of the batch (batch shapes stay fixed for 
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
 from .device_aug import normalize, sample_crops
+from .images import exif_orientation, orient
 from .loader import EpochSampler, build_loader, sample_seed
 from .sources import ImageSource
 
@@ -26,7 +30,8 @@ warnings.filterwarnings(
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Items: (raw file bytes as a uint8 tensor, label, path); nothing decoded here."""
+    """Items: (raw file bytes as a uint8 tensor, label, path, EXIF orientation); nothing
+    decoded here (the orientation tag is read from the header, in the worker)."""
 
     def __init__(self, source: ImageSource):
         self.source = source
@@ -39,15 +44,24 @@ class EncodedDataset(torch.utils.data.Dataset):
         path = self.source.paths[i]
         label = self.source.labels[i] if self.source.labels is not None else -1
         try:
-            return read_file(path), label, path
+            data = read_file(path)
         except Exception:  # unreadable file: counted after decoding
-            return torch.zeros(0, dtype=torch.uint8), label, path
+            return torch.zeros(0, dtype=torch.uint8), label, path, 1
+        return data, label, path, _orientation(data)
+
+
+def _orientation(data: torch.Tensor) -> int:
+    try:
+        with Image.open(io.BytesIO(data.numpy())) as header:  # the header only, no pixels
+            return exif_orientation(header)
+    except Exception:  # not an image: the decoder says so later
+        return 1
 
 
 def collate_encoded(items):
     """One flat byte tensor + offsets per batch: a tensor per image would cost a shared-memory
     file descriptor each between worker and main process (and run out of them)."""
-    data, labels, paths = zip(*items)
+    data, labels, paths, orientations = zip(*items)
     sizes = torch.tensor([len(d) for d in data])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
     return {
@@ -55,12 +69,21 @@ def collate_encoded(items):
         "offsets": offsets,
         "label": torch.tensor(labels),
         "paths": list(paths),
+        "orientation": torch.tensor(orientations),
     }
 
 
 def split_encoded(batch: dict) -> list[torch.Tensor]:
     o = batch["offsets"].tolist()
     return [batch["bytes"][o[k] : o[k + 1]] for k in range(len(o) - 1)]
+
+
+def decode_encoded(batch: dict, device: torch.device) -> list[torch.Tensor | None]:
+    """A collated batch decoded on ``device`` (None where unreadable) and turned upright
+    by each file's EXIF orientation, as ``images.open_rgb`` does on the CPU paths."""
+    decoded = decode_batch(split_encoded(batch), device)
+    turns = batch["orientation"].tolist()
+    return [None if img is None else orient(img, o) for img, o in zip(decoded, turns)]
 
 
 def decode_batch(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
@@ -136,7 +159,7 @@ class DeviceJpegLoader:
 
     def __iter__(self):
         for b, batch in enumerate(self.loader):
-            decoded = decode_batch(split_encoded(batch), self.device)
+            decoded = decode_encoded(batch, self.device)
             good = [k for k, img in enumerate(decoded) if img is not None]
             bad = [
                 (batch["paths"][k], "not a decodable JPEG")
