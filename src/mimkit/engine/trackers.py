@@ -4,6 +4,11 @@ Each gets what ``log.jsonl`` gets (every record's numbers as ``<kind>/<name>`` a
 ``step``), the resolved config as flat ``a.b.c`` parameters, and PNG pictures. They run
 on rank 0 only (RunLogger creates them there). A resumed run continues the same W&B /
 MLflow run: its id is kept in the run folder (``wandb-run-id``, ``mlflow-run-id``).
+
+Each follows its ecosystem's environment variables where the config gives no value:
+``MLFLOW_TRACKING_URI`` / ``MLFLOW_EXPERIMENT_NAME`` (a team server instead of the run
+folder's SQLite store), ``WANDB_DIR`` / ``WANDB_PROJECT`` / ``WANDB_ENTITY``. A value
+given in the config wins over the environment.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import csv
 import importlib
 import logging
 import numbers
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +27,7 @@ log = logging.getLogger("mimkit")
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "csv")
 _SKIP = ("step", "time", "epoch")  # axes, not metrics
+DEFAULT_NAME = "mimkit"  # W&B project / MLflow experiment when neither config nor env names one
 
 
 def select_loggers(loggers, tensorboard: bool = True) -> list[str]:
@@ -55,6 +62,17 @@ def scalars(record: dict) -> dict[str, float]:
         for k, v in record.items()
         if isinstance(v, numbers.Real) and not isinstance(v, bool) and k not in _SKIP
     }
+
+
+def from_config_or_env(value: str | None, env: str) -> str:
+    """The config's value, else the environment variable ``env``, else 'mimkit'.
+
+    The config's default for these keys is 'mimkit' itself, so 'mimkit' counts as not
+    given (config.py cannot yet say 'unset'): set in the config, it still wins unless
+    the environment names another."""
+    if value and value != DEFAULT_NAME:
+        return value
+    return os.environ.get(env) or DEFAULT_NAME
 
 
 def _require(module: str, extra: str):
@@ -140,19 +158,23 @@ class TensorBoardTracker(Tracker):
 
 
 class WandbTracker(Tracker):
-    """A W&B run in ``<run>/wandb``; ``WANDB_MODE=offline`` keeps it local (``wandb sync``
-    uploads it later). Metrics use ``step`` as their x axis (``define_metric``), so steps
-    redone after a resume are logged again instead of dropped as out of order."""
+    """A W&B run in ``<run>/wandb`` (``$WANDB_DIR/wandb`` when set); ``WANDB_MODE=offline``
+    keeps it local (``wandb sync`` uploads it later). The project is ``train.wandb_project``,
+    else ``WANDB_PROJECT``; W&B reads ``WANDB_ENTITY`` itself. Metrics use ``step`` as their
+    x axis (``define_metric``), so steps redone after a resume are logged again instead of
+    dropped as out of order."""
 
-    def __init__(self, out_dir: Path, run_name: str, project: str = "mimkit", tags=(), **_unused):
+    def __init__(
+        self, out_dir: Path, run_name: str, project: str | None = None, tags=(), **_unused
+    ):
         wandb = _require("wandb", "wandb")
         id_file = out_dir / "wandb-run-id"
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         self.run = wandb.init(
-            project=project,
+            project=from_config_or_env(project, "WANDB_PROJECT"),
             name=run_name,
             tags=list(tags) or None,
-            dir=str(out_dir),
+            dir=os.environ.get("WANDB_DIR") or str(out_dir),
             id=run_id,
             resume="allow",
             reinit="create_new",  # this logger's own run; never touches wandb.run of others
@@ -179,9 +201,11 @@ class WandbTracker(Tracker):
 
 
 class MlflowTracker(Tracker):
-    """An MLflow run; by default in a SQLite store ``<run>/mlruns/mlflow.db`` with
-    artifacts beside it (MLflow 3 retired the plain-folder store). Look at it with
-    ``mlflow ui --backend-store-uri sqlite:///<run>/mlruns/mlflow.db``."""
+    """An MLflow run at ``train.mlflow_uri``, else ``MLFLOW_TRACKING_URI``, else in a
+    SQLite store ``<run>/mlruns/mlflow.db`` with artifacts beside it (MLflow 3 retired the
+    plain-folder store; look at it with ``mlflow ui --backend-store-uri
+    sqlite:///<run>/mlruns/mlflow.db``). The experiment is ``train.mlflow_experiment``,
+    else ``MLFLOW_EXPERIMENT_NAME``, else 'mimkit'."""
 
     def __init__(
         self,
@@ -189,12 +213,14 @@ class MlflowTracker(Tracker):
         run_name: str,
         tags=(),
         mlflow_uri: str | None = None,
-        mlflow_experiment: str = "mimkit",
+        mlflow_experiment: str | None = None,
         **_unused,
     ):
         tracking = _require("mlflow.tracking", "mlflow")
         for name in ("mlflow", "alembic"):  # database set-up chatter
             logging.getLogger(name).setLevel(logging.WARNING)
+        mlflow_uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+        mlflow_experiment = from_config_or_env(mlflow_experiment, "MLFLOW_EXPERIMENT_NAME")
         artifacts = None
         if mlflow_uri is None:
             store = (out_dir / "mlruns").resolve()
