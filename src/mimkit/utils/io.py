@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
+import math
 import os
 import pickle
 import re
@@ -100,6 +102,37 @@ def atomic_save(obj, path: str | Path) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def strict_json(obj) -> str:
+    """``obj`` as strict JSON text (indented, newline-terminated): Python writes NaN and
+    inf as bare ``NaN`` / ``Infinity``, which JSON forbids and ``jq``, JavaScript and
+    most readers reject, so each non-finite number becomes ``null`` and a top-level
+    ``notes`` entry says which value it was (key path -> 'was NaN'). Torch and NumPy
+    scalars are written as numbers."""
+    notes: dict[str, str] = {}
+    clean = _finite(obj, "", notes)
+    if notes and isinstance(clean, dict):
+        clean["notes"] = {**clean.get("notes", {}), **notes}
+    return json.dumps(clean, indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """``strict_json(obj)`` written atomically: the one writer of ``metrics.json``."""
+    return atomic_write_text(path, strict_json(obj))
+
+
+def _finite(value, where: str, notes: dict):
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), notes) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{where}.{i}", notes) for i, v in enumerate(value)]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # torch / NumPy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        notes[where] = f"was {json.dumps(value)}: not a number JSON can hold"
+        return None
+    return value
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
