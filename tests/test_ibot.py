@@ -15,10 +15,10 @@ from mimkit.data.datasets import seeded
 from mimkit.data.multicrop import MultiCropTransform, multicrop_collate
 from mimkit.engine.loop import LoopConfig, Trainer
 from mimkit.engine.optim import adamw, clip_grad_per_param_
-from mimkit.interop import ibot as interop
 from mimkit.masking import block_mask, draw_pred_ratio
+from mimkit.methods.ibot import IBOT, IBOTTask, ibot_loss
+from mimkit.methods.ibot import official as interop
 from mimkit.models import create_encoder, create_model
-from mimkit.models.ibot import IBOT, IBOTTask, ibot_loss
 from mimkit.recipes.pretrain import _training_parts
 from mimkit.recipes.run import RunContext
 

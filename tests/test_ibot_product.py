@@ -172,7 +172,7 @@ import mimkit
 from mimkit.engine.distributed import wrap, unwrap
 from mimkit.engine.loop import LoopConfig, Trainer
 from mimkit.engine.optim import adamw
-from mimkit.models.ibot import IBOTTask
+from mimkit.methods.ibot import IBOTTask
 from mimkit.recipes.benchmark import SyntheticLoader, synthetic_batch
 from mimkit.utils.distributed import init, rank, all_gather_object
 

@@ -8,7 +8,8 @@ from safetensors.torch import save_file
 import mimkit
 from mimkit.errors import UserError
 from mimkit.interop.checkpoint import infer_vit_args, model_from_checkpoint, read_checkpoint
-from mimkit.models import MaskedAutoencoder, VisionTransformer
+from mimkit.methods.mae import MaskedAutoencoder
+from mimkit.models import VisionTransformer
 
 ENC = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4)
 
@@ -126,7 +127,9 @@ def test_infer_args_from_official_shapes(reference):
 
 
 def test_model_from_official_file_without_metadata(official_full, reference):
-    mae, report = model_from_checkpoint(official_full, kind="mae", num_heads=4, decoder_num_heads=4)
+    mae, report = model_from_checkpoint(
+        official_full, kind="pretrain", num_heads=4, decoder_num_heads=4
+    )
     assert not report.missing and isinstance(mae, MaskedAutoencoder)
     vit, report = model_from_checkpoint(official_full, kind="encoder", num_heads=4)
     assert isinstance(vit, VisionTransformer) and not hasattr(vit, "decoder_embed")
@@ -135,7 +138,7 @@ def test_model_from_official_file_without_metadata(official_full, reference):
 
 def test_encoder_only_file_cannot_visualize(official_encoder):
     with pytest.raises(UserError, match="no decoder"):
-        model_from_checkpoint(official_encoder, kind="mae")
+        model_from_checkpoint(official_encoder, kind="pretrain")
 
 
 def test_timm_loads_our_encoder_weights():

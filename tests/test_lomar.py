@@ -40,7 +40,7 @@ def test_windows_stay_inside_the_grid_and_differ_per_image():
 
 
 def test_exact_masked_count_per_window():
-    win = M.lomar_windows(8, (14, 14), 7, 4, 0.8)
+    win = M.sample_window_masks(8, (14, 14), 7, 4, 0.8)
     assert win.mask.shape == (32, 49)
     assert (win.mask.sum(1) == int(49 * 0.8)).all()  # 39 of 49 in every (image, window)
     assert (win.image == torch.arange(8).repeat_interleave(4)).all()
@@ -48,7 +48,7 @@ def test_exact_masked_count_per_window():
 
 def test_official_pairing_gives_each_image_one_window_four_times():
     n, m = 8, 4
-    win = M.lomar_windows(n, (14, 14), 7, m, 0.8, pairing="official")
+    win = M.sample_window_masks(n, (14, 14), 7, m, 0.8, pairing="official")
     for i in range(n):
         mine = win.corner[win.image == i]
         assert len(mine) == m and (mine == mine[0]).all()  # the same window, M times

@@ -5,7 +5,8 @@ import torch
 
 import mimkit
 from mimkit.errors import UserError
-from mimkit.models import MaskedAutoencoder, VisionTransformer
+from mimkit.methods.mae import MaskedAutoencoder
+from mimkit.models import VisionTransformer
 
 from .conftest import FIXTURES
 

@@ -21,7 +21,9 @@ from mimkit.data.tensor_cache import TensorCacheLoader, build_tensor_cache
 from mimkit.engine import precision as P
 from mimkit.engine.optim import adamw, weight_decay_groups
 from mimkit.errors import UserError
-from mimkit.flops import block_macs, mae_step_flops, model_step_flops, peak_tflops
+from mimkit.flops import block_macs, peak_tflops
+from mimkit.methods import model_step_flops
+from mimkit.methods.mae import mae_step_flops
 
 from .conftest import TINY_MAE
 

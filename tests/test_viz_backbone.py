@@ -28,7 +28,7 @@ from mimkit.viz.neighbors import draw_neighbors, nearest_neighbors, neighbors_fi
 try:  # iBOT's backbone moved to methods/ibot/
     from mimkit.methods.ibot.backbone import IBOTViT
 except ImportError:
-    from mimkit.models.ibot import IBOTViT
+    from mimkit.methods.ibot import IBOTViT
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 

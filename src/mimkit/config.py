@@ -52,7 +52,7 @@ class ModelConfig:
     checkpoint: str | None = None
     # which network of a student/teacher checkpoint (iBOT) a backbone takes
     checkpoint_network: Network = Network.teacher
-    mask_ratio: float = 0.75
+    mask_ratio: float | None = None  # null: the method's own (MAE 0.75, LoMaR 0.8, SimMIM 0.6)
     norm_pix_loss: bool = True
     drop_path: float = 0.0
     args: dict[str, Any] = field(default_factory=dict)  # extra create_model(...) overrides
@@ -81,6 +81,10 @@ class OptimConfig:
     blr: float = 1.5e-4  # lr = blr * effective batch / 256
     lr: float | None = None  # absolute lr; overrides blr when set
     min_lr: float = 0.0
+    warmup_lr: float = 0.0  # lr at the start of the warm-up (a method that uses one: SimMIM)
+    # scale min_lr and warmup_lr like the lr (x effective batch / the method's batch) when
+    # blr sets it, as SimMIM's official code does; MAE's min_lr is absolute
+    scale_min_lr: bool = False
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_epochs: float = 40.0
@@ -377,7 +381,7 @@ def validate(cfg: Config) -> None:
         raise UserError(
             f"config key 'task' must be one of {', '.join(recipe_names())}, got '{cfg.task}'"
         )
-    if not 0.0 < cfg.model.mask_ratio < 1.0:
+    if cfg.model.mask_ratio is not None and not 0.0 < cfg.model.mask_ratio < 1.0:
         raise UserError(
             f"config key 'model.mask_ratio' must be between 0 and 1 (exclusive: the loss is "
             f"taken on the masked patches), got {cfg.model.mask_ratio}"

@@ -2,8 +2,8 @@
 
 Every model is counted the same way: one training step (forward + backward) under
 ``torch.utils.flop_counter.FlopCounterMode`` (``count_step_flops``). The closed-form
-MAE / ViT formulas below document what that count is made of; a test checks that the
-counter and the MAE formula agree within 5%.
+ViT formula below (and each method's, ``PretrainMethod.flops_formula``) document what that
+count is made of; a test checks that the counter and the MAE formula agree within 5%.
 
 Per transformer block on n tokens of width d (MLP ratio r), in multiply-adds:
 M(n, d) = (4 + 2r) n d^2 + 2 n^2 d   (qkv + proj: 4nd^2, MLP: 2r nd^2, QK^T and AV: 2n^2 d);
@@ -21,10 +21,8 @@ import time
 
 import torch
 
-FORMULA_MAE = (
-    "forward = 2 x [P*patch_dim*d_e + L_e*M(N_v,d_e) + N_v*d_e*d_d + L_d*M(N,d_d) "
-    "+ N*d_d*patch_dim], M(n,d) = 12*n*d^2 + 2*n^2*d, step = 3 x forward"
-)
+from .utils.batch import batch_images
+
 FORMULA_VIT = (
     "forward = 2 x [P*patch_dim*d + L*M(N,d) + d*classes], "
     "M(n,d) = 12*n*d^2 + 2*n^2*d, step = 3 x forward"
@@ -54,38 +52,11 @@ def count_step_flops(task, model, batch: dict) -> float:
     with FlopCounterMode(display=False) as counter:
         task.training_step(model, batch)["loss"].backward()
     model.zero_grad(set_to_none=True)
-    x = batch["image"] if "image" in batch else batch["global"][0]
-    return counter.get_total_flops() / len(x)
+    return counter.get_total_flops() / len(batch_images(batch))
 
 
 def block_macs(n: int, d: int, mlp_ratio: float = 4.0) -> float:
     return (4 + 2 * mlp_ratio) * n * d * d + 2 * n * n * d
-
-
-def mae_step_flops(
-    img_size: int,
-    patch: int,
-    d_e: int,
-    depth: int,
-    d_d: int,
-    d_depth: int,
-    mask_ratio: float,
-    in_chans: int = 3,
-    mlp_ratio: float = 4.0,
-) -> float:
-    """Training FLOPs per image of an MAE step (encoder on visible tokens + cls)."""
-    p = (img_size // patch) ** 2
-    patch_dim = patch * patch * in_chans
-    n_v = int(p * (1 - mask_ratio)) + 1
-    n = p + 1
-    macs = (
-        p * patch_dim * d_e
-        + depth * block_macs(n_v, d_e, mlp_ratio)
-        + n_v * d_e * d_d
-        + d_depth * block_macs(n, d_d, mlp_ratio)
-        + n * d_d * patch_dim
-    )
-    return 3 * 2 * macs
 
 
 def vit_step_flops(
@@ -101,34 +72,6 @@ def vit_step_flops(
     p = (img_size // patch) ** 2
     macs = p * patch * patch * in_chans * d + depth * block_macs(p + 1, d, mlp_ratio)
     return 3 * 2 * (macs + d * num_classes)
-
-
-def model_step_flops(model) -> tuple[float, str]:
-    """(training FLOPs per image, formula) for a mimkit MAE or ViT."""
-    c = model.arch_config()
-    if "decoder_embed_dim" in c:
-        f = mae_step_flops(
-            c["img_size"],
-            c["patch_size"],
-            c["embed_dim"],
-            c["depth"],
-            c["decoder_embed_dim"],
-            c["decoder_depth"],
-            c["mask_ratio"],
-            c["in_chans"],
-            c["mlp_ratio"],
-        )
-        return f, FORMULA_MAE
-    f = vit_step_flops(
-        c["img_size"],
-        c["patch_size"],
-        c["embed_dim"],
-        c["depth"],
-        c.get("num_classes", 0),
-        c["in_chans"],
-        c["mlp_ratio"],
-    )
-    return f, FORMULA_VIT
 
 
 @functools.cache

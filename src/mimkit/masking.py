@@ -166,7 +166,7 @@ def window_masking(noise: torch.Tensor, mask_ratio: float) -> torch.Tensor:
     return (ranks < n_mask).to(noise.dtype)
 
 
-def lomar_windows(
+def sample_window_masks(
     n: int,
     grid: tuple[int, int],
     window: int,
@@ -271,3 +271,34 @@ def draw_pred_ratio(pred_ratio, pred_ratio_var=0.0, rng=None) -> float:
             raise ValueError(f"pred_ratio_var {v} exceeds pred_ratio {r}")
         ratios.append(rng.uniform(r - v, r + v) if v > 0 else r)
     return ratios[0] if len(ratios) == 1 else rng.choice(ratios)
+
+
+# ---------------------------------------------------------------------------- coarse random grid
+
+
+def coarse_grid_mask(
+    img_size: int,
+    mask_patch_size: int,
+    model_patch_size: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SimMIM's ``MaskGenerator``: (g, g) int, 1 = masked, g = img_size / model_patch_size.
+
+    The image is cut into (img_size / mask_patch_size)^2 square cells; ``ceil(cells *
+    ratio)`` of them, drawn at random, are masked, each covering (mask_patch_size /
+    model_patch_size)^2 model patches (32 px cells on 16 px patches for ViT-B/16).
+    Drawn with torch's generator (the global one, seeded per sample by the loader).
+    """
+    if img_size % mask_patch_size or mask_patch_size % model_patch_size:
+        raise ValueError(
+            f"image size {img_size} must be a multiple of the mask patch size "
+            f"{mask_patch_size}, which must be a multiple of the patch size {model_patch_size}"
+        )
+    cells = img_size // mask_patch_size
+    scale = mask_patch_size // model_patch_size
+    count = int(math.ceil(cells * cells * ratio))
+    mask = torch.zeros(cells * cells, dtype=torch.long)
+    mask[torch.randperm(cells * cells, generator=generator)[:count]] = 1
+    mask = mask.reshape(cells, cells)
+    return mask.repeat_interleave(scale, 0).repeat_interleave(scale, 1)

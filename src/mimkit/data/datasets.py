@@ -61,10 +61,25 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def collate(items):
-    """[(image, label, bad)] -> {'image': (N,3,H,W), 'label': (N,), 'bad': [(path, reason)]}"""
+    """[(image, label, bad)] -> {'image': (N,3,H,W), 'label': (N,), 'bad': [(path, reason)]}.
+
+    A transform that returns a dict (a method's views: ``{'image', 'mask'}``, multi-crop
+    ``{'global': [...], 'local': [...], 'masks': [...]}``) gives its keys, each tensor
+    stacked over the batch and each list of tensors stacked entry by entry."""
     images, labels, bad = zip(*items)
+    batch = _stack(images) if isinstance(images[0], dict) else {"image": torch.stack(images)}
     return {
-        "image": torch.stack(images),
+        **batch,
         "label": torch.tensor(labels, dtype=torch.long),
         "bad": [p for paths in bad for p in paths],
     }
+
+
+def _stack(views: tuple[dict, ...]) -> dict:
+    out = {}
+    for key, first in views[0].items():
+        if isinstance(first, (list, tuple)):
+            out[key] = [torch.stack(crops) for crops in zip(*(v[key] for v in views))]
+        else:
+            out[key] = torch.stack([v[key] for v in views])
+    return out

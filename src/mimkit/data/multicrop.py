@@ -17,6 +17,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from ..masking import block_mask, draw_pred_ratio
+from .datasets import collate
 from .transforms import _to_normalized_tensor
 
 
@@ -110,16 +111,5 @@ def _as_ratio(x):
 def multicrop_collate(items) -> dict:
     """[(crops dict, label, bad_paths)] (``ImageDataset`` items) -> {'global': [(N,3,S,S)]
     * G, 'local': [(N,3,s,s)] * n, 'masks': [(N,S/p,S/p) bool] * G, 'label': (N,),
-    'bad': [paths]}: crop i of every image stacked, the batch format of ``models.ibot``."""
-    crops, labels, bad = zip(*items)
-
-    def stack(key: str) -> list[torch.Tensor]:
-        return [torch.stack(views) for views in zip(*(c[key] for c in crops))]
-
-    return {
-        "global": stack("global"),
-        "local": stack("local"),
-        "masks": stack("masks"),
-        "label": torch.tensor(labels, dtype=torch.long),
-        "bad": [p for paths in bad for p in paths],
-    }
+    'bad': [paths]}: crop i of every image stacked (``datasets.collate`` does it)."""
+    return collate(items)

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import NonFiniteLossError, UserError
+from ..utils.batch import batch_images
 from ..utils.io import atomic_save
 from ..utils.rng import rng_state, set_rng_state
 from . import distributed as dist
@@ -76,6 +78,8 @@ class LoopConfig:
     # per-iteration arrays: the warmup reaches base_lr at its last step)
     schedule: str = "cosine"
     max_abs_weight: float | None = 1e4  # larger weights count as diverged: not saved
+    # a method's own lr rule, (optimizer step, planned steps) -> lr; replaces ``schedule``
+    lr_fn: Callable[[int, int], float] | None = None
 
 
 @dataclass
@@ -259,6 +263,8 @@ class Trainer:
 
     def _scheduled_lr(self, epoch: int, i: int, it: int) -> float:
         cfg = self.cfg
+        if cfg.lr_fn is not None:
+            return cfg.lr_fn(it, cfg.epochs * self.steps_per_epoch)
         if cfg.schedule == "cosine_iter":
             total = cfg.epochs * self.steps_per_epoch
             warmup = warmup_steps(cfg.warmup_epochs, self.steps_per_epoch)
@@ -485,15 +491,7 @@ def _scalar(v) -> bool:
 
 
 def _batch_size(batch) -> int:
-    """Images in a batch: ``batch['image']``, else its first entry (a multi-crop batch's
-    ``'global'`` list of (N, 3, H, W) crops counts N)."""
-    if isinstance(batch, dict):
-        x = batch["image"] if "image" in batch else next(iter(batch.values()))
-    else:
-        x = batch[0]
-    while isinstance(x, (list, tuple)):
-        x = x[0]
-    return len(x)
+    return len(batch_images(batch))
 
 
 def to_device(batch, device: torch.device):

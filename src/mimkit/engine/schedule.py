@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 
 
-def effective_lr(blr: float, lr: float | None, effective_batch: int) -> float:
-    """lr = blr * effective batch / 256 (MAE's linear scaling rule) unless lr is given."""
-    return lr if lr is not None else blr * effective_batch / 256
+def effective_lr(
+    blr: float, lr: float | None, effective_batch: int, reference_batch: int = 256
+) -> float:
+    """lr = blr * effective batch / reference batch (the linear scaling rule: 256 for MAE,
+    512 for SimMIM) unless lr is given."""
+    return lr if lr is not None else blr * effective_batch / reference_batch
 
 
 def one_cycle(epoch: float, lr_max: float, epochs: float) -> float:

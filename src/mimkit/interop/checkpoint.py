@@ -1,17 +1,18 @@
 """Read weights from any supported file and load them into a model with one clear report.
 
-Accepted: official MAE files (``{'model': sd}``: encoder-only pretrain, full/visualize,
-fine-tuned), mimkit checkpoints (same ``model`` key plus metadata), timm-layout state
-dicts, bare state dicts, ``.pth``/``.pt``/``.bin`` and ``.safetensors``. DDP
-(``module.``) and torch.compile (``_orig_mod.``) prefixes are stripped (timm's
-``clean_state_dict``).
+Accepted: official files of every method (MAE ``{'model': sd}`` encoder-only, full or
+fine-tuned; the layouts each ``methods`` module reads: iBOT's student/teacher files,
+SimMIM's ``main_simmim`` file), mimkit checkpoints (a ``model`` key plus metadata),
+timm-layout state dicts, bare state dicts, ``.pth``/``.pt``/``.bin`` and
+``.safetensors``. DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes are
+stripped (timm's ``clean_state_dict``). What is method-specific (pretraining-only keys,
+official layouts, arguments read off the shapes) is asked of the file's method.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +22,12 @@ from timm.models import clean_state_dict
 from torch import nn
 
 from ..errors import UserError
+from ..methods import method_for, read_official
+from ..models.beit import infer_beit_args, is_beit_state_dict
+from ..models.vit import infer_vit_args as _backbone_vit_args
 from ..utils.io import safe_torch_load
 
 log = logging.getLogger("mimkit")
-
-# Pretraining-only tensors (MAE decoder, LoMaR pixel head): an encoder ignores them.
-_DECODER = re.compile(r"^(decoder_|mask_token|encoder_pred)")
 
 
 @dataclass
@@ -87,10 +88,9 @@ def _maybe_json(value: str):
 def _extract(obj, path: Path) -> tuple[dict, dict]:
     if not isinstance(obj, dict):
         raise UserError(f"{path} is not a checkpoint (it holds a {type(obj).__name__})")
-    if isinstance(obj.get("student"), dict) and isinstance(obj.get("teacher"), dict):
-        from .ibot import official_to_ibot  # official iBOT: student, teacher, centres
-
-        return official_to_ibot(obj), {"epoch": obj.get("epoch"), "source": "official iBOT"}
+    official = read_official(obj)  # a method's own training file (student/teacher, ...)
+    if official is not None:
+        return official
     for key in ("model", "state_dict", "model_state_dict", "module"):
         if isinstance(obj.get(key), dict):
             meta = {k: v for k, v in obj.items() if k in _META_KEYS}
@@ -120,49 +120,22 @@ _META_KEYS = (
 
 
 def infer_vit_args(sd: dict[str, torch.Tensor]) -> dict:
-    """ViT (and MAE decoder) constructor arguments read off tensor shapes.
-
-    The number of heads is not in the shapes: the usual value for the width is used
-    (tiny 3, small 6, base 12, large/huge 16; decoder 16), as official files need.
-    """
-    from ..models.vit import HEADS_FOR_DIM
-
-    if "patch_embed.proj.weight" not in sd:
-        raise UserError("not a ViT checkpoint: no 'patch_embed.proj.weight'")
-    dim, in_chans, p, _ = sd["patch_embed.proj.weight"].shape
-    depth = _count_blocks(sd, "blocks.")
-    args = dict(
-        embed_dim=dim,
-        depth=depth,
-        patch_size=p,
-        in_chans=in_chans,
-        num_heads=HEADS_FOR_DIM.get(dim, max(1, dim // 64)),
-        mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / dim,
-    )
-    if "pos_embed" in sd:
-        grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5))
-        args["img_size"] = grid * p
-    if "decoder_embed.weight" in sd:
-        args.update(
-            decoder_embed_dim=sd["decoder_embed.weight"].shape[0],
-            decoder_depth=_count_blocks(sd, "decoder_blocks."),
-            decoder_num_heads=16,
-        )
-    if "blocks.0.attn.rpe_k.lookup_table_weight" in sd:
-        args["rel_pos"] = "irpe"  # LoMaR's relative positions; the table gives the heads
-        args["num_heads"] = dim // sd["blocks.0.attn.rpe_k.lookup_table_weight"].shape[1]
-        if "pos_embed" not in sd:
-            args["pos_embed"] = "none"
-    if "fc_norm.weight" in sd:
-        args["global_pool"] = "avg"
-    if "head.weight" in sd:
-        args["num_classes"] = sd["head.weight"].shape[0]
+    """Constructor arguments read off the tensor shapes: the ViT's (``models.vit``) and,
+    where a method recognises the state dict as its full model, the method's own (e.g.
+    an MAE decoder's width and depth)."""
+    args = _backbone_vit_args(sd)
+    method = method_for(sd)
+    if method is not None:
+        args.update(method.infer_args(sd)[1])
     return args
 
 
-def _count_blocks(sd: dict, prefix: str) -> int:
-    ids = {int(k[len(prefix) :].split(".")[0]) for k in sd if k.startswith(prefix)}
-    return max(ids) + 1 if ids else 0
+def backbone_args(sd: dict[str, torch.Tensor]) -> tuple[str, dict]:
+    """(registered backbone, arguments) of a plain backbone state dict: a BEiT-style ViT
+    (split q/v biases, layer scale) or mimkit's ViT."""
+    if is_beit_state_dict(sd):
+        return "beit", infer_beit_args(sd)
+    return "vit", _backbone_vit_args(sd)
 
 
 def describe_mismatch(src: dict, dst: dict) -> list[str]:
@@ -234,7 +207,8 @@ def load_checkpoint(
     """
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
     report = LoadReport(ckpt.path)
-    sd = select_network(dict(ckpt.state_dict), model, network)
+    sd, left_out = select_network(dict(ckpt.state_dict), model, network)
+    report.ignored = left_out
     sd = adapt_state_dict(sd, model, report)
     _check_overlap(sd, model, ckpt)
     result = model.load_state_dict(sd, strict=False)
@@ -247,27 +221,28 @@ def load_checkpoint(
     return report
 
 
-def is_two_network(sd: dict) -> bool:
-    """A student/teacher state dict (iBOT)."""
-    return "teacher.backbone.patch_embed.proj.weight" in sd
-
-
 def network_checkpoint(ckpt: Checkpoint, network: str = "teacher") -> Checkpoint:
-    """A student/teacher file as the plain backbone of ``network``; others unchanged."""
-    if not is_two_network(ckpt.state_dict):
+    """A method's full pretraining file as its plain backbone (``network``: which of a
+    student/teacher pair); other files unchanged."""
+    method = method_for(ckpt.state_dict)
+    if method is None:
         return ckpt
-    from .ibot import backbone_state_dict
-
-    return Checkpoint(backbone_state_dict(ckpt.state_dict, network), ckpt.meta, ckpt.path)
+    return Checkpoint(method.encoder_state_dict(ckpt.state_dict, network), ckpt.meta, ckpt.path)
 
 
-def select_network(sd: dict, model: nn.Module, network: str = "teacher") -> dict:
-    """The backbone of ``network`` when a student/teacher file goes into a plain model."""
-    if not is_two_network(sd) or any(k.startswith("teacher.") for k in model.state_dict()):
-        return sd
-    from .ibot import backbone_state_dict
+def select_network(sd: dict, model: nn.Module, network: str = "teacher") -> tuple[dict, list]:
+    """The backbone keys of a method's full state dict going into a plain backbone (and
+    the keys left out); unchanged for a pretraining model or a plain state dict."""
+    method = method_for(sd)
+    if method is None or method_for(model) is not None:
+        return sd, []
+    encoder = method.encoder_state_dict(sd, network)
+    return encoder, [k for k in sd if k not in encoder and not _renamed(k, encoder)]
 
-    return backbone_state_dict(sd, network)
+
+def _renamed(key: str, encoder: dict) -> bool:
+    """A key that reached the encoder under a shorter name (a prefix taken off)."""
+    return any(key.endswith("." + k) for k in encoder) if "." in key else False
 
 
 def _check_overlap(sd: dict, model: nn.Module, ckpt: Checkpoint) -> None:
@@ -301,9 +276,6 @@ def adapt_state_dict(sd: dict, model: nn.Module, report: LoadReport) -> dict:
     """Make ``sd`` fit ``model``: architecture check, decoder filter, grid and head shapes."""
     own = model.state_dict()
     _check_architecture(sd, model, report.path)
-    if "mask_token" not in own:
-        report.ignored = [k for k in sd if _DECODER.match(k)]
-        sd = {k: v for k, v in sd.items() if not _DECODER.match(k)}
     if "pos_embed" in sd and "pos_embed" not in own:  # e.g. LoMaR's unused sin-cos table
         report.ignored.append("pos_embed")
         del sd["pos_embed"]
@@ -365,15 +337,10 @@ def _resize_pos_embed(pos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- building
 
 
-def is_mae_checkpoint(ckpt: Checkpoint) -> bool:
-    return "decoder_embed.weight" in ckpt.state_dict
-
-
 def is_pretrain_checkpoint(ckpt: Checkpoint) -> bool:
-    """A full pretraining model: MAE with its decoder, LoMaR with its pixel head, iBOT
-    with student and teacher."""
-    sd = ckpt.state_dict
-    return is_mae_checkpoint(ckpt) or "encoder_pred.weight" in sd or is_two_network(sd)
+    """A method's full pretraining model (an MAE with its decoder, a LoMaR with its pixel
+    head, an iBOT student and teacher, a SimMIM with its head...)."""
+    return method_for(ckpt.state_dict) is not None
 
 
 def model_from_checkpoint(
@@ -381,79 +348,38 @@ def model_from_checkpoint(
 ) -> tuple[nn.Module, LoadReport]:
     """Build the model a checkpoint describes and load its weights.
 
-    kind='pretrain' (alias 'mae'): the full pretraining model (MAE with its decoder:
-    mimkit pretrain checkpoints or official *visualize* files; LoMaR with its pixel head).
-    kind='encoder': the ViT backbone, from any ViT/MAE/LoMaR/iBOT file (iBOT: the
-    ``network``, teacher by default). Architecture comes from mimkit metadata when
-    present, else from tensor shapes (official files). ``overrides`` go to ``create_model``.
+    kind='pretrain': the full pretraining model of the file's method (mimkit
+    pretrain checkpoints, official MAE *visualize* files, official iBOT / SimMIM files).
+    kind='encoder': the plain backbone, from any backbone or pretraining file (a
+    student/teacher file gives its ``network``, teacher by default). Architecture comes
+    from mimkit metadata when present, else from tensor shapes (official files).
+    ``overrides`` go to ``create_model``.
     """
-    import torch
-
     from ..models import create_model, is_pretrainer
 
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
     name, args = ckpt.meta.get("model_name"), dict(ckpt.meta.get("model_args") or {})
-    if not name and kind == "encoder" and is_two_network(ckpt.state_dict):  # official iBOT
-        ckpt = network_checkpoint(ckpt, network)  # split once: loaded below as a plain ViT
-        name, args = "vit", infer_vit_args(ckpt.state_dict)
     if not name:
-        name, args = _infer_name_args(ckpt, kind)
-    if kind in ("mae", "pretrain"):
+        method = method_for(ckpt.state_dict)
+        name, args = (
+            method.infer_args(ckpt.state_dict) if method else backbone_args(ckpt.state_dict)
+        )
+    if kind == "pretrain":
         if not is_pretrain_checkpoint(ckpt):
             raise UserError(
-                f"{ckpt.path} has no decoder (an encoder-only or fine-tuned file); "
-                "reconstructions need a full pretraining checkpoint (mimkit pretrain output "
-                "or an official MAE *_visualize_* file)"
+                f"{ckpt.path} has no decoder or pretraining head (an encoder-only or "
+                "fine-tuned file); pictures need a full pretraining checkpoint (mimkit "
+                "pretrain output, an official MAE *_visualize_* file, an official iBOT or "
+                "SimMIM training file)"
             )
         model = create_model(name, **{**args, **overrides})
     elif kind == "encoder":
         if is_pretrainer(name):
             with torch.device("meta"):
-                args = create_model(name, **args).encoder_config()
-            name = "vit"
+                full = create_model(name, **args)
+            name, args = getattr(full, "encoder_name", "vit"), full.encoder_config()
         model = create_model(name, **{**args, **overrides})
     else:
         raise ValueError(f"kind must be 'pretrain' or 'encoder', got {kind!r}")
     report = load_checkpoint(model, ckpt, network=network)
     return model, report
-
-
-_LOMAR_ARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
-
-
-def _infer_name_args(ckpt: Checkpoint, kind: str) -> tuple[str, dict]:
-    if is_two_network(ckpt.state_dict):
-        return "ibot_vit", _infer_ibot_args(ckpt.state_dict)
-    args = infer_vit_args(ckpt.state_dict)
-    if "encoder_pred.weight" in ckpt.state_dict:
-        return "lomar_vit", {k: v for k, v in args.items() if k in _LOMAR_ARGS}
-    if is_mae_checkpoint(ckpt):
-        return "mae_vit", {k: v for k, v in args.items() if k not in ("global_pool", "num_classes")}
-    return "vit", args
-
-
-def _infer_ibot_args(sd: dict) -> dict:
-    """An official iBOT file's architecture from its shapes: the teacher backbone's ViT and
-    the student head's sizes (training-only settings keep their defaults)."""
-    from .ibot import backbone_state_dict
-
-    vit = infer_vit_args(backbone_state_dict(sd, "teacher"))
-    keep = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
-    head = "student.head."
-    layers = sorted(
-        int(k.split(".")[3]) for k in sd if k.startswith(head + "mlp.") and k.endswith(".weight")
-    )
-    v = sd[head + "last_layer.weight_v"]
-    args = {k: vit[k] for k in keep if k in vit}
-    args.update(
-        out_dim=v.shape[0],
-        head_bottleneck_dim=v.shape[1],
-        head_hidden_dim=sd[head + "mlp.0.weight"].shape[0],
-        head_layers=len(layers),
-    )
-    second = sd.get(head + "last_layer2.weight_v")
-    shared = second is None or torch.equal(second, v)
-    args["shared_head"] = shared
-    if not shared:
-        args["patch_out_dim"] = second.shape[0]
-    return args

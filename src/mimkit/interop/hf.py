@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..methods import method_for
 from .checkpoint import Checkpoint
 
 log = logging.getLogger("mimkit")
@@ -112,12 +113,12 @@ _UNUSED = re.compile(r"(^|\.)(pooler\.dense\.|embeddings\.mask_token$|.*relative
 
 def hf_architecture(model) -> str:
     """The transformers class that computes what ``model`` computes, or a UserError."""
-    from ..models.mae import MaskedAutoencoder
     from ..models.vit import VisionTransformer
 
     name = type(model).__name__
-    if isinstance(model, MaskedAutoencoder):
-        return "ViTMAEForPreTraining"
+    method = method_for(model)
+    if method is not None and method.hf_pretraining:
+        return method.hf_pretraining
     if not isinstance(model, VisionTransformer):
         raise UserError(
             f"--format hf exports MAE and ViT models; {name} has no transformers "
@@ -169,10 +170,11 @@ def export_hf_checkpoint(source, out_dir: str | Path, trust: bool = False) -> Pa
     """``mimkit export --format hf``: build the model a checkpoint describes (the full MAE
     when it has a decoder, else the encoder or classifier) and :func:`export_hf` it, with
     the checkpoint's class names."""
-    from .checkpoint import is_mae_checkpoint, model_from_checkpoint, read_checkpoint
+    from .checkpoint import model_from_checkpoint, read_checkpoint
 
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
-    kind = "pretrain" if is_mae_checkpoint(ckpt) else "encoder"
+    method = method_for(ckpt.state_dict)
+    kind = "pretrain" if method is not None and method.hf_pretraining else "encoder"
     model, _ = model_from_checkpoint(ckpt, kind=kind)
     classes = ckpt.meta.get("classes")
     if classes is not None and len(classes) != getattr(model, "num_classes", 0):
@@ -462,7 +464,8 @@ def _model_args(cfg: dict, sd: dict, path: Path) -> tuple[str, dict]:
         num_heads=cfg.get("num_attention_heads", 12),
         mlp_ratio=cfg.get("intermediate_size", 4 * dim) / dim,
     )
-    if "decoder_embed.weight" in sd:
+    method = method_for(sd)
+    if method is not None:  # the transformers layout of a full pretraining model
         ddim = cfg.get("decoder_hidden_size", 512)
         ratio = cfg.get("decoder_intermediate_size", 2048) / ddim
         if ratio != args["mlp_ratio"]:
@@ -471,7 +474,7 @@ def _model_args(cfg: dict, sd: dict, path: Path) -> tuple[str, dict]:
                 f"{cfg.get('decoder_intermediate_size', 2048)} is not supported: mimkit's MAE "
                 f"decoder uses the encoder's MLP ratio ({args['mlp_ratio']})"
             )
-        return "mae_vit", args | dict(
+        return method.infer_args(sd)[0], args | dict(
             decoder_embed_dim=ddim,
             decoder_depth=cfg.get("decoder_num_hidden_layers", 8),
             decoder_num_heads=cfg.get("decoder_num_attention_heads", 16),

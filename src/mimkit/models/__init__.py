@@ -1,35 +1,32 @@
-from . import convmixer, ibot, lomar, mae, pixels, vit  # noqa: F401  (registers the models)
+"""Backbones: mimkit's ViT (timm's, MAE conventions), a BEiT-style ViT, ConvMixer, raw
+pixels, and any timm model as ``timm:NAME``; the registry every model (the methods'
+pretraining models too) is built through."""
+
+from . import beit, convmixer, pixels, vit  # noqa: F401  (registers the models)
+from .beit import BEiT
 from .convmixer import ConvMixer
-from .ibot import IBOT, IBOTHead, IBOTTask, IBOTViT
-from .lomar import LocalMaskedReconstruction, LoMaROutput
-from .mae import MAEOutput, MaskedAutoencoder
 from .registry import (
     create_encoder,
     create_model,
     input_size,
     is_pretrainer,
     list_models,
+    model_class,
     preprocessing,
     register_model,
 )
 from .vit import VisionTransformer
 
 __all__ = [
+    "BEiT",
     "ConvMixer",
-    "IBOT",
-    "IBOTHead",
-    "IBOTTask",
-    "IBOTViT",
-    "input_size",
-    "preprocessing",
-    "is_pretrainer",
-    "LoMaROutput",
-    "LocalMaskedReconstruction",
-    "MAEOutput",
-    "MaskedAutoencoder",
     "VisionTransformer",
     "create_encoder",
     "create_model",
+    "input_size",
+    "is_pretrainer",
     "list_models",
+    "model_class",
+    "preprocessing",
     "register_model",
 ]

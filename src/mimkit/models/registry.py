@@ -35,6 +35,12 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, model_cls: typ
     return add(fn) if fn is not None else add
 
 
+def model_class(name: str) -> type | None:
+    """The class a registered variant builds (its ``model_cls``), None if unknown."""
+    fn = _MODELS.get(name)
+    return getattr(fn, "model_cls", None) if fn else None
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern, sorted."""
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
@@ -83,15 +89,16 @@ def _check_sizes(name: str, overrides: dict) -> None:
 
 
 def create_encoder(name: str, **overrides) -> nn.Module:
-    """The backbone of a registered model: for a pretraining model (MAE, LoMaR), the plain
-    ViT encoder of the same size (random init, e.g. the baseline for a pretrained one);
-    else ``name`` itself."""
+    """The backbone of a registered model: for a pretraining model, the plain backbone of
+    the same size (its ``encoder_name``, random init: e.g. the baseline for a pretrained
+    one); else ``name`` itself."""
     if is_pretrainer(name):
         import torch
 
         with torch.device("meta"):
-            args = create_model(name).encoder_config()
-        return create_model("vit", **{**args, **overrides})
+            model = create_model(name)
+            args = model.encoder_config()
+        return create_model(getattr(model, "encoder_name", "vit"), **{**args, **overrides})
     return create_model(name, **overrides)
 
 
@@ -114,7 +121,8 @@ def preprocessing(model: nn.Module) -> dict:
 
 
 def is_pretrainer(name: str) -> bool:
-    """Whether ``name`` is a pretraining model (MAE, LoMaR) with a plain-ViT encoder."""
+    """Whether ``name`` is a pretraining model (one with an ``encoder_config``: the
+    arguments of the plain backbone that carries its encoder downstream)."""
     fn = _MODELS.get(name)
     return fn is not None and hasattr(getattr(fn, "model_cls", None), "encoder_config")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer as _TimmViT
 from torch import nn
 
@@ -116,6 +117,16 @@ class VisionTransformer(_TimmViT):
         with torch.no_grad():
             self.pos_embed.copy_(table.unsqueeze(0))
 
+    def run_blocks(self, x: torch.Tensor, blocks: nn.Module | None = None) -> torch.Tensor:
+        """x: (N, T, D) through ``blocks`` (default: the encoder's), recomputing their
+        activations in backward when gradient checkpointing is on."""
+        blocks = self.blocks if blocks is None else blocks
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(blocks, x)
+        for blk in blocks:
+            x = blk(x)
+        return x
+
     def arch_config(self) -> dict:
         """Constructor arguments that rebuild this model (saved in checkpoints)."""
         return dict(
@@ -212,3 +223,42 @@ def encoder_args(args: dict) -> dict:
     if args.get("pos_embed") == "none":
         out["pos_embed"] = "none"
     return out
+
+
+def infer_vit_args(sd: dict[str, torch.Tensor]) -> dict:
+    """ViT constructor arguments read off the tensor shapes of a timm-layout state dict.
+
+    The number of heads is not in the shapes: the usual value for the width is used
+    (tiny 3, small 6, base 12, large/huge 16), as official files need; an iRPE table
+    (relative positions in every attention layer) gives it exactly.
+    """
+    if "patch_embed.proj.weight" not in sd:
+        raise UserError("not a ViT checkpoint: no 'patch_embed.proj.weight'")
+    dim, in_chans, p, _ = sd["patch_embed.proj.weight"].shape
+    args = dict(
+        embed_dim=dim,
+        depth=count_blocks(sd, "blocks."),
+        patch_size=p,
+        in_chans=in_chans,
+        num_heads=HEADS_FOR_DIM.get(dim, max(1, dim // 64)),
+        mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+    )
+    if "pos_embed" in sd:
+        grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5))
+        args["img_size"] = grid * p
+    if "blocks.0.attn.rpe_k.lookup_table_weight" in sd:
+        args["rel_pos"] = "irpe"  # the table is (1, head_dim, buckets): it gives the heads
+        args["num_heads"] = dim // sd["blocks.0.attn.rpe_k.lookup_table_weight"].shape[1]
+        if "pos_embed" not in sd:
+            args["pos_embed"] = "none"
+    if "fc_norm.weight" in sd:
+        args["global_pool"] = "avg"
+    if "head.weight" in sd:
+        args["num_classes"] = sd["head.weight"].shape[0]
+    return args
+
+
+def count_blocks(sd: dict, prefix: str) -> int:
+    """Number of ``prefix{i}.`` blocks in a state dict."""
+    ids = {int(k[len(prefix) :].split(".")[0]) for k in sd if k.startswith(prefix)}
+    return max(ids) + 1 if ids else 0

@@ -23,7 +23,9 @@ from ..engine.loop import LoopConfig, Trainer, to_device
 from ..engine.optim import adamw, weight_decay_groups
 from ..errors import UserError
 from ..flops import count_step_flops, measure_cpu_peak_tflops, peak_tflops
+from ..methods import Schedule, method_for
 from ..models import create_model, is_pretrainer
+from ..utils.batch import batch_images
 from ..utils.rng import seed_all
 from .registry import Recipe, register
 from .results import BenchmarkResult
@@ -47,23 +49,16 @@ class SyntheticLoader:
 
 
 def synthetic_batch(model, batch_size: int, device: torch.device, seed: int = 0) -> dict:
-    """Random images (and, for iBOT, multi-crop views with block masks) of the model's size."""
-    from ..models.ibot import IBOT
-
+    """Random inputs of the model's size: its method's batch for a pretraining model
+    (e.g. multi-crop views with block masks), else images and labels."""
     g = torch.Generator().manual_seed(seed)
+    method = method_for(model)
+    if method is not None:
+        return method.synthetic_batch(model, batch_size, device, g)
     size = model.patch_embed.img_size[0] if hasattr(model, "patch_embed") else model.img_size
-    images = lambda s: torch.randn(batch_size, 3, s, s, generator=g).to(device)
-    if isinstance(model, IBOT):
-        a = model.multicrop_args()
-        grid = a["global_size"] // a["patch_size"]
-        masks = torch.rand(batch_size, grid, grid, generator=g) < 0.3
-        return {
-            "global": [images(a["global_size"]) for _ in range(a["global_crops"])],
-            "local": [images(a["local_size"]) for _ in range(a["local_crops"])],
-            "masks": [masks.to(device) for _ in range(a["global_crops"])],
-        }
+    images = torch.randn(batch_size, 3, size, size, generator=g).to(device)
     labels = torch.zeros(batch_size, dtype=torch.long, device=device)
-    return {"image": images(size), "label": labels}
+    return {"image": images, "label": labels}
 
 
 # --------------------------------------------------------------------------- what is timed
@@ -85,17 +80,13 @@ class BackboneStep:
 
 
 def bench_parts(cfg: config_lib.Config) -> tuple[torch.nn.Module, object, str]:
-    """(model, task, kind) for a preset: pretraining models with their own task, a
+    """(model, task, kind) for a preset: pretraining models with their method's task, a
     detection preset's backbone + pyramid, anything else as a classifier."""
-    from .pretrain import PretrainTask, build_model
+    from .pretrain import build_model
 
     if is_pretrainer(cfg.model.name):
         model = build_model(cfg)
-        if cfg.model.name.startswith("ibot"):
-            from ..models.ibot import IBOTTask
-
-            return model, IBOTTask.from_model(model, 1, 1, 0.04, 3.0), "pretrain"
-        return model, PretrainTask(), "pretrain"
+        return model, _method_parts(model, cfg).task, "pretrain"
     if cfg.detect != config_lib.DetectConfig():
         from ..detection.maskrcnn import ViTDetWithPyramid
         from ..detection.vitdet import ViTDetBackbone
@@ -109,11 +100,24 @@ def bench_parts(cfg: config_lib.Config) -> tuple[torch.nn.Module, object, str]:
     return model, ClassifyStep(), "classify"
 
 
+def _method_parts(model, cfg: config_lib.Config | None = None):
+    """The method's training parts for a one-epoch, one-step-per-epoch schedule (what the
+    step costs does not depend on where in its schedule it is)."""
+    wd = cfg.optim.weight_decay if cfg else 0.05
+    clip = cfg.optim.clip_grad if cfg else None
+    return method_for(model).training_parts(model, Schedule(1, 1, 1e-4), wd, clip)
+
+
 def make_trainer(task, model, device, precision: str, out_dir, batch: dict, batch_size: int):
-    """A Trainer whose optimizer and step are the ones training uses (AdamW, fused on CUDA)."""
-    groups = model.param_groups(0.05) if hasattr(model, "param_groups") else None
-    optimizer = adamw(groups or weight_decay_groups(model, 0.05), 1e-4, (0.9, 0.95), device)
-    loop = LoopConfig(epochs=1, base_lr=1e-4, precision=precision)
+    """A Trainer whose optimizer and step are the ones training uses (AdamW, fused on CUDA;
+    a pretraining model's own parameter groups and loop settings)."""
+    loop_changes, groups = {}, weight_decay_groups(model, 0.05)
+    if method_for(model) is not None:
+        parts = _method_parts(dist.unwrap(model))
+        groups = parts.param_groups(dist.unwrap(model), 0.05)
+        loop_changes = {k: v for k, v in parts.loop.items() if k != "lr_fn"}
+    optimizer = adamw(groups, 1e-4, (0.9, 0.95), device)
+    loop = LoopConfig(epochs=1, base_lr=1e-4, precision=precision, **loop_changes)
     loader = SyntheticLoader(batch, batch_size)
     return Trainer(task, model, optimizer, loader, device, loop, out_dir)
 
@@ -173,8 +177,7 @@ def time_loader(loader, device: torch.device, steps: int, warmup: int) -> float:
 
 
 def _images(batch: dict) -> int:
-    x = batch["image"] if "image" in batch else batch["global"][0]
-    return len(x)
+    return len(batch_images(batch))
 
 
 def _drop_bad(batch: dict) -> dict:
@@ -320,8 +323,7 @@ def profile_steps(trainer: Trainer, steps: int, trace: Path, top: int = 10) -> d
 
 
 def _images_size(batch: dict) -> int:
-    x = batch["image"] if "image" in batch else batch["global"][0]
-    return x.shape[-1]
+    return batch_images(batch).shape[-1]
 
 
 def report(result: dict) -> str:

@@ -1,4 +1,6 @@
-"""Pretraining (MAE, LoMaR, iBOT): from a folder of images to checkpoints and pictures."""
+"""Pretraining with any registered method (MAE, LoMaR, iBOT, SimMIM...): from a folder of
+images to checkpoints and pictures. Everything method-specific comes from the method's
+contract (``methods.PretrainMethod``); this recipe never names one."""
 
 from __future__ import annotations
 
@@ -8,59 +10,58 @@ from pathlib import Path
 import torch
 
 from .. import config as config_lib
-from ..data.multicrop import MultiCropTransform, multicrop_collate
 from ..data.pipelines import build_pretrain_loader, open_pretrain_data
+from ..data.transforms import pretrain_transform
 from ..engine import distributed as dist
-from ..engine.optim import adamw, weight_decay_groups
+from ..engine.optim import adamw
 from ..errors import UserError
+from ..methods import ForwardTask, Schedule, draw_picture, method_for
 from ..models import create_model
-from ..models.ibot import IBOT, IBOTTask
 from .registry import Recipe, register
 from .results import PretrainResult
 from .run import RunContext, fit, start
 
 log = logging.getLogger("mimkit")
 
+# The task of every method whose model does all in forward(batch) (kept under this name
+# for scripts that build a Trainer by hand).
+PretrainTask = ForwardTask
 
-class PretrainTask:
-    """Masked reconstruction (MAE, LoMaR): the model's forward returns (loss, pred, mask).
-    A batch may carry the masking ``noise`` (N, L), as the official code takes it."""
 
-    def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        if "noise" in batch:
-            return {"loss": model(batch["image"], noise=batch["noise"])[0]}
-        return {"loss": model(batch["image"])[0]}
+def pretraining_method(name: str):
+    """The method of a model name, or a one-line error for a backbone."""
+    method = method_for(name)
+    if method is None:
+        raise UserError(
+            f"model.name={name} is not a pretraining model: pretrain takes one of a "
+            "method's models (see `mimkit models`)"
+        )
+    return method
 
 
 def build_model(cfg: config_lib.Config) -> torch.nn.Module:
     """The pretraining model a config names (its mask ratio, loss, drop path, size)."""
-    is_ibot = cfg.model.name.startswith("ibot")
-    args = {} if is_ibot else dict(mask_ratio=cfg.model.mask_ratio)
-    if not is_ibot:
-        args["norm_pix_loss"] = cfg.model.norm_pix_loss
-    if cfg.model.drop_path or not is_ibot:  # iBOT keeps its recipe's student drop path
-        args["drop_path_rate"] = cfg.model.drop_path
-    if cfg.data.img_size:
-        args["img_size"] = cfg.data.img_size
-    args.update(cfg.model.args)
-    return create_model(cfg.model.name, **args)
+    m = cfg.model
+    method = pretraining_method(m.name)
+    args = method.build_args(m.mask_ratio, m.norm_pix_loss, m.drop_path, cfg.data.img_size)
+    return create_model(m.name, **{**args, **m.args})
 
 
 def pretrain_loader(cfg: config_lib.Config, data, device, model) -> object:
-    """The training loader for ``model``: single crops for MAE / LoMaR, multi-crop views
-    with block masks for iBOT."""
-    transform = collate_fn = None
-    if isinstance(model, IBOT):
-        if cfg.data.pipeline not in ("files", "shards"):
-            raise UserError(
-                f"iBOT's multi-crop views need data.pipeline=files or shards, "
-                f"not {cfg.data.pipeline}"
-            )
-        transform = MultiCropTransform(**model.multicrop_args())
-        collate_fn = multicrop_collate
+    """The training loader for ``model``: what its method's loader parts make (single
+    crops, multi-crop views, crops with masks) through the configured pipeline."""
+    size = model.patch_embed.img_size[0]
+    crop = pretrain_transform(size, cfg.data.crop_min_scale, cfg.data.hflip)
+    method = method_for(model)
+    parts = method.loader_parts(model, crop)
+    if cfg.data.pipeline not in parts.pipelines:
+        raise UserError(
+            f"{method.name}'s loader makes its views on the CPU: data.pipeline must be one "
+            f"of {', '.join(parts.pipelines)}, not {cfg.data.pipeline}"
+        )
     return build_pretrain_loader(
         data,
-        model.patch_embed.img_size[0],
+        size,
         cfg.data.batch_size,
         cfg.data.num_workers,
         (cfg.data.crop_min_scale, 1.0),
@@ -69,8 +70,7 @@ def pretrain_loader(cfg: config_lib.Config, data, device, model) -> object:
         device,
         cfg.data.cache_dir,
         cfg.data.cache_size,
-        transform=transform,
-        collate_fn=collate_fn,
+        transform=parts.transform,
     )
 
 
@@ -93,6 +93,7 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> PretrainResult:
             f"size {cfg.data.batch_size}: lower data.batch_size (--batch-size)"
         )
     out = ctx.run_dir()
+    ctx.lr_batch = pretraining_method(cfg.model.name).lr_batch
     model = build_model(cfg).to(ctx.device)
     if cfg.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -128,21 +129,28 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> PretrainResult:
 
 
 def _training_parts(ctx: RunContext, model, loader) -> tuple:
-    """(task, optimizer factory, loop changes) for the model's method."""
+    """(task, optimizer factory, loop changes) from the model's method."""
     cfg = ctx.cfg
-    if isinstance(model, IBOT):
-        # iBOT as the official main_ibot: per-iteration schedules, per-parameter clipping
-        steps = len(loader) // cfg.optim.accum_iter
-        task = IBOTTask.from_model(
-            model, cfg.train.epochs, steps, cfg.optim.weight_decay, cfg.optim.clip_grad
-        )
-        groups = lambda m: m.param_groups(cfg.optim.weight_decay)
-        make = lambda m: adamw(groups(m), ctx.lr(), cfg.optim.betas, ctx.device)
-        return task, make, {"schedule": "cosine_iter", "clip_grad": None}
-    make = lambda m: adamw(
-        weight_decay_groups(m, cfg.optim.weight_decay), ctx.lr(), cfg.optim.betas, ctx.device
+    method = method_for(model)
+    o = cfg.optim
+    scale = ctx.effective_batch / method.lr_batch if o.lr is None else 1.0
+    schedule = Schedule(
+        epochs=cfg.train.epochs,
+        steps_per_epoch=len(loader) // o.accum_iter,
+        base_lr=ctx.lr(),
+        batch_scale=scale,
+        accum_iter=o.accum_iter,
+        warmup_epochs=o.warmup_epochs,
+        min_lr=o.min_lr * scale if o.scale_min_lr else o.min_lr,
+        warmup_lr=o.warmup_lr * scale if o.scale_min_lr else o.warmup_lr,
     )
-    return PretrainTask(), make, {}
+    parts = method.training_parts(model, schedule, cfg.optim.weight_decay, cfg.optim.clip_grad)
+    groups = parts.param_groups
+
+    def make(m):
+        return adamw(groups(m, cfg.optim.weight_decay), ctx.lr(), cfg.optim.betas, ctx.device)
+
+    return parts.task, make, parts.loop
 
 
 def _reload(out: Path, device):
@@ -152,22 +160,16 @@ def _reload(out: Path, device):
 
 
 def _pictures(model, source, out: Path, cfg: config_lib.Config, device) -> list[Path]:
-    """loss.png from the log; reconstructions.png of a few images spread over the data."""
+    """loss.png from the log; the method's picture of a few images spread over the data."""
     from ..viz.curves import plot_curves
-    from ..viz.recon import reconstruction_grid
 
     written = [plot_curves(out / "log.jsonl", out / "loss.png")]
     if source is not None:  # shards: no random access to draw from
         step = max(1, len(source) // 8)
-        reconstruction_grid(
-            model,
-            [source.read(i) for i in range(0, len(source), step)[:8]],
-            out / "reconstructions.png",
-            cfg.model.mask_ratio,
-            seed=cfg.train.seed,
-            device=device,
-        )
-        written.append(out / "reconstructions.png")
+        picks = [source.read(i) for i in range(0, len(source), step)[:8]]
+        target = out / "reconstructions.png"
+        draw_picture(model, picks, target, cfg.model.mask_ratio, cfg.train.seed, device)
+        written.append(target)
     written = [Path(p) for p in written if p is not None]
     log.info(
         "pictures: %s", ", ".join(map(str, written)) if written else "none (nothing was trained)"
@@ -179,7 +181,7 @@ RECIPE = register(
     Recipe(
         "pretrain",
         run,
-        help="pretrain a backbone with masked image modeling (MAE, LoMaR, iBOT)",
+        help="pretrain a backbone with masked image modeling (MAE, LoMaR, iBOT, SimMIM)",
         preset="mae_vit_base_patch16",
     )
 )

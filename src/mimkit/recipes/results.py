@@ -56,15 +56,18 @@ class PretrainResult(Result):
         seed: int = 0,
         out: str | Path | None = None,
         device: str = "cpu",
+        **options,
     ):
-        """A reconstruction grid of ``images`` (files or folders; default: the training
-        data) as a PIL image, written to ``out`` (default: a PNG in the run folder)."""
+        """The method's picture (reconstruction grid, prototypes) of ``images`` (files or
+        folders; default: the training data) as a PIL image, written to ``out`` (default:
+        a PNG in the run folder). ``options``: the method's own (MAE: ``stats='true'``
+        for the official demo's un-normalisation)."""
         from PIL import Image
 
         from ..data.sources import collect_images
         from ..engine.distributed import resolve_device
         from ..interop.checkpoint import model_from_checkpoint
-        from ..viz.recon import reconstruction_grid
+        from ..methods import draw_picture
 
         if images is None:
             images = [self.config.data.path]
@@ -72,7 +75,7 @@ class PretrainResult(Result):
         dev = resolve_device(device)
         paths = collect_images([str(i) for i in images], num_images)
         target = Path(out) if out else Path(self.out) / "reconstructions-notebook.png"
-        reconstruction_grid(model.to(dev), paths, target, mask_ratio, seed, dev)
+        draw_picture(model.to(dev), paths, target, mask_ratio, seed, dev, **options)
         return Image.open(target)
 
 

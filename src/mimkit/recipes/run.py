@@ -107,6 +107,7 @@ class RunContext:
     out: Path | None = None
     _logger: RunLogger | None = None
     precision_reason: str = "set"  # why: 'auto: CPU has AMX/AVX512-BF16', ...
+    lr_batch: int = 256  # the batch optim.blr is given for (a method's rule: 256, 512)
 
     @property
     def effective_batch(self) -> int:
@@ -114,8 +115,9 @@ class RunContext:
         return c.data.batch_size * c.optim.accum_iter * dist.world_size()
 
     def lr(self) -> float:
-        """optim.lr, or optim.blr x effective batch / 256 (MAE's linear scaling rule)."""
-        return effective_lr(self.cfg.optim.blr, self.cfg.optim.lr, self.effective_batch)
+        """optim.lr, or optim.blr x effective batch / ``lr_batch`` (linear scaling)."""
+        c = self.cfg.optim
+        return effective_lr(c.blr, c.lr, self.effective_batch, self.lr_batch)
 
     def run_dir(self) -> Path:
         if self.out is None:

@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -167,6 +168,9 @@ def _safe_globals() -> list:
         (scalar, "numpy.core.multiarray.scalar"),  # ... as NumPy < 2 pickled them
         np.dtype,  # ... their dtype
         np.dtypes.Float64DType,
+        # yacs' CfgNode (official SimMIM files' 'config', a dict subclass) read as a plain
+        # mapping: its keys and values are loaded as data, no yacs code runs (or is needed)
+        (OrderedDict, "yacs.config.CfgNode"),
     ]
 
 

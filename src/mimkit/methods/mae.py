@@ -7,17 +7,28 @@ forward = encoder on visible patches -> light decoder with mask tokens -> loss o
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from .. import masking
+from ..data.transforms import denormalize
 from ..layers import Attention, get_2d_sincos_pos_embed
-from .registry import register_model
-from .vit import ENCODER_KEYS, VIT_SIZES, LayerNorm6, VisionTransformer
+from ..models.registry import register_model
+from ..models.vit import (
+    ENCODER_KEYS,
+    VIT_SIZES,
+    LayerNorm6,
+    VisionTransformer,
+    count_blocks,
+    infer_vit_args,
+)
+from ..viz.recon import save_grid
+from .base import PretrainMethod, register_method
 
 
 class MAEOutput(NamedTuple):
@@ -116,13 +127,6 @@ class MaskedAutoencoder(VisionTransformer):
         The sin-cos tables are frozen, so they are never optimised at all."""
         return set()
 
-    def _run_blocks(self, blocks: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(blocks, x)
-        for blk in blocks:
-            x = blk(x)
-        return x
-
     def forward_encoder(
         self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, masking.Masking]:
@@ -134,7 +138,7 @@ class MaskedAutoencoder(VisionTransformer):
         x = masking.gather_tokens(x, m.ids_keep)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = self.norm(self._run_blocks(self.blocks, x))
+        x = self.norm(self.run_blocks(x))
         return x, m
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -142,7 +146,7 @@ class MaskedAutoencoder(VisionTransformer):
         x = self.decoder_embed(latent)
         tokens = masking.restore_with_tokens(x[:, 1:], self.mask_token, ids_restore)
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
-        x = self.decoder_norm(self._run_blocks(self.decoder_blocks, x))
+        x = self.decoder_norm(self.run_blocks(x, self.decoder_blocks))
         return self.decoder_pred(x)[:, 1:, :]
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -154,9 +158,18 @@ class MaskedAutoencoder(VisionTransformer):
         return masking.masked_mse(pred, self.target(imgs), mask)
 
     def forward(
-        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
-    ) -> MAEOutput:
-        """imgs: (N, 3, H, W); noise: (N, L) decides the mask as in the official code."""
+        self,
+        imgs: torch.Tensor | dict,
+        mask_ratio: float | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> MAEOutput | dict:
+        """imgs: (N, 3, H, W) -> MAEOutput(loss, pred, mask), as the official
+        ``model(imgs, mask_ratio)``; noise: (N, L) decides the mask as in the official
+        code. A batch ``{'image': ..., 'noise'?: ...}`` (the loop's call) -> the same as
+        a dict."""
+        if isinstance(imgs, dict):
+            out = self.forward(imgs["image"], mask_ratio, imgs.get("noise", noise))
+            return out._asdict()
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         latent, m = self.forward_encoder(imgs, ratio, noise)
         pred = self.forward_decoder(latent, m.ids_restore)
@@ -224,3 +237,158 @@ def mae_vit_huge_patch14(**kw):
 def mae_vit_tiny_cifar(**kw):
     """ViT-Tiny encoder on 32 px / 4 px patches with a 192-wide, 4-block decoder."""
     return _mae("tiny", 4, decoder=(192, 4, 3), **{"img_size": 32, **kw})
+
+
+# ---------------------------------------------------------------------------- the method
+
+
+@register_method
+class MAE(PretrainMethod):
+    name = "mae"
+    model_cls = MaskedAutoencoder
+    summary = "masked autoencoder: encoder on visible patches, light decoder, pixel MSE"
+    pretraining_only = re.compile(r"^(decoder_|mask_token)")
+    hf_pretraining = "ViTMAEForPreTraining"
+
+    def recognizes(self, sd) -> bool:
+        return "decoder_embed.weight" in sd and "patch_embed.proj.weight" in sd
+
+    def infer_args(self, sd) -> tuple[str, dict]:
+        args = {k: v for k, v in infer_vit_args(sd).items() if k in ENCODER_KEYS}
+        args.pop("rel_pos", None)
+        return "mae_vit", args | dict(
+            decoder_embed_dim=sd["decoder_embed.weight"].shape[0],
+            decoder_depth=count_blocks(sd, "decoder_blocks."),
+            decoder_num_heads=16,  # not in the shapes: the official decoders' value
+        )
+
+    def picture(
+        self, model, imgs, out: Path, generator, mask_ratio=None, stats: str = "visible"
+    ) -> str:
+        """The official demo's grid; ``stats`` as ``reconstruct`` (the title says which)."""
+        noise = torch.rand(len(imgs), model.patch_embed.num_patches, generator=generator)
+        ratio = model.mask_ratio if mask_ratio is None else mask_ratio
+        result = reconstruct(model, imgs, ratio, noise.to(imgs.device), stats=stats)
+        loss = float(result["loss"])
+        how = STATS_LABELS[stats] if model.norm_pix_loss else "raw pixel prediction"
+        title = f"mask ratio {ratio:.2f}, masked-patch loss {loss:.4f}\n{how}"
+        save_grid(result, out, title=title)
+        return f"masked-patch loss {loss:.4f}"
+
+    def flops_formula(self, model) -> tuple[float, str]:
+        c = model.arch_config()
+        flops = mae_step_flops(
+            c["img_size"],
+            c["patch_size"],
+            c["embed_dim"],
+            c["depth"],
+            c["decoder_embed_dim"],
+            c["decoder_depth"],
+            c["mask_ratio"],
+            c["in_chans"],
+            c["mlp_ratio"],
+        )
+        return flops, FORMULA
+
+
+STATS_LABELS = {
+    "visible": "masked patches un-normalised with the visible patches' mean/variance (honest)",
+    "true": "masked patches un-normalised with their own true mean/variance (official demo; "
+    "leaks their statistics)",
+}
+
+
+FORMULA = (
+    "forward = 2 x [P*patch_dim*d_e + L_e*M(N_v,d_e) + N_v*d_e*d_d + L_d*M(N,d_d) "
+    "+ N*d_d*patch_dim], M(n,d) = 12*n*d^2 + 2*n^2*d, step = 3 x forward"
+)
+
+
+def mae_step_flops(
+    img_size: int,
+    patch: int,
+    d_e: int,
+    depth: int,
+    d_d: int,
+    d_depth: int,
+    mask_ratio: float,
+    in_chans: int = 3,
+    mlp_ratio: float = 4.0,
+) -> float:
+    """Training FLOPs per image of an MAE step (encoder on visible tokens + cls)."""
+    from ..flops import block_macs
+
+    p = (img_size // patch) ** 2
+    patch_dim = patch * patch * in_chans
+    n_v = int(p * (1 - mask_ratio)) + 1
+    n = p + 1
+    macs = (
+        p * patch_dim * d_e
+        + depth * block_macs(n_v, d_e, mlp_ratio)
+        + n_v * d_e * d_d
+        + d_depth * block_macs(n, d_d, mlp_ratio)
+        + n * d_d * patch_dim
+    )
+    return 3 * 2 * macs
+
+
+# ---------------------------------------------------------------------------- pictures
+
+
+@torch.no_grad()
+def reconstruct(
+    model: MaskedAutoencoder,
+    imgs: torch.Tensor,
+    mask_ratio: float | None = None,
+    noise: torch.Tensor | None = None,
+    stats: str = "visible",
+) -> dict[str, torch.Tensor]:
+    """imgs: (N, 3, H, W) normalised -> dict of (N, 3, H, W) images in [0, 1]:
+    original, masked, recon, pasted; plus the loss and mask (N, L).
+
+    With ``norm_pix_loss`` the model predicts each patch's pixels normalised by that
+    patch's own mean and variance, which a masked patch does not reveal. ``stats``
+    says what maps the prediction back to pixels: 'visible' (default, honest) uses the
+    mean of the per-patch means and variances over the image's visible patches, so no
+    pixel of a masked patch reaches the picture; 'true' uses each masked patch's own
+    statistics, as the official demo does (it leaks their brightness and contrast).
+    Without ``norm_pix_loss`` the prediction is in pixel space and shown as it is.
+    """
+    model.eval()
+    out = model(imgs, mask_ratio=mask_ratio, noise=noise)
+    p, grid = model.patch_size, model.grid_size
+    pred = out.pred.float()
+    if model.norm_pix_loss:
+        pred = _unnormalize(pred, masking.patchify(imgs, p), out.mask, stats)
+    recon = masking.unpatchify(pred, p, grid)
+    pixel_mask = masking.unpatchify(
+        out.mask.unsqueeze(-1).expand(-1, -1, p * p * 3).float(), p, grid
+    )
+    masked = imgs * (1 - pixel_mask)
+    pasted = imgs * (1 - pixel_mask) + recon * pixel_mask
+    return {
+        "original": denormalize(imgs),
+        "masked": denormalize(masked) * (1 - pixel_mask) + 0.5 * pixel_mask,  # grey holes
+        "recon": denormalize(recon),
+        "pasted": denormalize(pasted),
+        "loss": out.loss,
+        "mask": out.mask,
+    }
+
+
+def _unnormalize(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, stats: str
+) -> torch.Tensor:
+    """pred, target: (N, L, p*p*3), mask: (N, L) 1 = removed -> pred in pixel space."""
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    if stats == "visible":  # masked patches get the visible patches' average statistics
+        keep = (1 - mask).unsqueeze(-1)
+        count = keep.sum(1, keepdim=True).clamp(min=1)
+        vis_mean = (mean * keep).sum(1, keepdim=True) / count
+        vis_var = (var * keep).sum(1, keepdim=True) / count
+        m = mask.unsqueeze(-1).bool()
+        mean, var = torch.where(m, vis_mean, mean), torch.where(m, vis_var, var)
+    elif stats != "true":
+        raise ValueError(f"stats must be 'visible' or 'true', got {stats!r}")
+    return pred * (var + 1e-6) ** 0.5 + mean

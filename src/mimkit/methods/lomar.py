@@ -16,16 +16,20 @@ Parameter names equal the official ones (``encoder_pred``, ``mask_token``,
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from timm.models import checkpoint_seq
 from torch import nn
 
 from .. import masking
+from ..data.transforms import denormalize
+from ..models.registry import register_model
+from ..models.vit import ENCODER_KEYS, VIT_SIZES, VisionTransformer, infer_vit_args
+from ..viz.recon import save_grid
+from .base import PretrainMethod, register_method
 from .mae import _init_linear_and_norm
-from .registry import register_model
-from .vit import ENCODER_KEYS, VIT_SIZES, VisionTransformer
 
 
 class LoMaROutput(NamedTuple):
@@ -112,7 +116,7 @@ class LocalMaskedReconstruction(VisionTransformer):
 
     def sample(self, imgs: torch.Tensor, **fixed) -> masking.Windows:
         """Windows and masks for a batch (``fixed``: corners / noise / pairing overrides)."""
-        return masking.lomar_windows(
+        return masking.sample_window_masks(
             imgs.shape[0],
             self.grid_size,
             self.window_size,
@@ -129,19 +133,21 @@ class LocalMaskedReconstruction(VisionTransformer):
         x = x[win.image.unsqueeze(1), win.patches]  # (S, K, D)
         x = torch.where(win.mask.unsqueeze(-1).bool(), self.mask_token.to(x.dtype), x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.encoder_pred(self.norm(x))[:, 1:]
+        return self.encoder_pred(self.norm(self.run_blocks(x)))[:, 1:]
 
     def target(self, imgs: torch.Tensor, win: masking.Windows) -> torch.Tensor:
         """Pixel targets of the window patches (S, K, p*p*3), normalised per patch."""
         target = masking.patchify(imgs, self.patch_size)[win.image.unsqueeze(1), win.patches]
         return masking.normalize_patches(target) if self.norm_pix_loss else target
 
-    def forward(self, imgs: torch.Tensor, windows: masking.Windows | None = None) -> LoMaROutput:
-        """imgs: (N, 3, H, W); ``windows`` (from ``sample``) fixes windows and masks."""
+    def forward(
+        self, imgs: torch.Tensor | dict, windows: masking.Windows | None = None
+    ) -> LoMaROutput | dict:
+        """imgs: (N, 3, H, W); ``windows`` (from ``sample``) fixes windows and masks.
+        A batch ``{'image': ...}`` (the loop's call) -> {'loss', 'pred', 'mask'}."""
+        if isinstance(imgs, dict):
+            out = self.forward(imgs["image"], windows)
+            return {"loss": out.loss, "pred": out.pred, "mask": out.mask}
         win = self.sample(imgs) if windows is None else windows
         pred = self.forward_encoder(imgs, win)
         loss = masking.masked_mse(pred, self.target(imgs, win), win.mask)
@@ -179,3 +185,87 @@ def lomar_vit_large_patch16(**kw):
 def lomar_vit_tiny_cifar(**kw):
     """ViT-Tiny on 32 px / 4 px patches (8 x 8 grid): four 4 x 4 windows, 12 of 16 masked."""
     return _lomar("tiny", 4, **({"img_size": 32, "window_size": 4} | kw))
+
+
+# ---------------------------------------------------------------------------- the method
+
+
+@register_method
+class LoMaR(PretrainMethod):
+    name = "lomar"
+    model_cls = LocalMaskedReconstruction
+    summary = "local masked reconstruction: a few small windows, iRPE, pixel MSE"
+    pretraining_only = re.compile(r"^(encoder_pred|mask_token)")
+
+    def recognizes(self, sd) -> bool:
+        return "encoder_pred.weight" in sd and "patch_embed.proj.weight" in sd
+
+    def infer_args(self, sd) -> tuple[str, dict]:
+        keep = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
+        args = infer_vit_args(sd)
+        return "lomar_vit", {k: args[k] for k in (*keep, "mlp_ratio") if k in args}
+
+    def picture(self, model, imgs, out: Path, generator, mask_ratio=None, **_) -> str:
+        result = reconstruct_windows(model, imgs, generator)
+        loss = float(result["loss"])
+        title = f"{model.num_window} windows of {model.window_size}x{model.window_size}, "
+        save_grid(result, out, title=title + f"masked-patch loss {loss:.4f}")
+        return f"masked-patch loss {loss:.4f}"
+
+
+@torch.no_grad()
+def reconstruct_windows(
+    model: LocalMaskedReconstruction, imgs: torch.Tensor, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """The MAE grid's four views on the whole image, where only the sampled windows take
+    part: outside them the image is dimmed, inside them masked patches are grey
+    (``masked``) or predicted (``recon``, ``pasted``). Adds ``boxes`` (N, M, 3): each
+    window's top-left pixel (row, col) and its side in pixels, for drawing. Predictions
+    of masked patches are un-normalised with the window's visible patches' statistics
+    (no masked pixel reaches the picture)."""
+    model.eval()
+    n, p = imgs.shape[0], model.patch_size
+    grid, ws = model.grid_size, model.window_size
+    # reproducible pictures: corners and masks drawn from ``generator``
+    corners = _seeded_corners(n, model.num_window, grid, ws, generator).to(imgs.device)
+    noise = torch.rand(n * model.num_window, ws * ws, generator=generator).to(imgs.device)
+    win = model.sample(imgs, corners=corners, noise=noise, pairing="per_image")
+    out = model(imgs, windows=win)
+    target = masking.patchify(imgs, p)  # (N, L, ppc)
+    pred = out.pred.float()
+    if model.norm_pix_loss:
+        t = target[win.image.unsqueeze(1), win.patches]
+        keep = (1 - win.mask).unsqueeze(-1)
+        count = keep.sum(1, keepdim=True).clamp(min=1)
+        mean = t.mean(dim=-1, keepdim=True)
+        var = t.var(dim=-1, keepdim=True)
+        masked_patch = win.mask.unsqueeze(-1).bool()
+        mean = torch.where(masked_patch, (mean * keep).sum(1, keepdim=True) / count, mean)
+        var = torch.where(masked_patch, (var * keep).sum(1, keepdim=True) / count, var)
+        pred = pred * (var + 1e-6) ** 0.5 + mean
+    inside = torch.zeros(target.shape[:2], device=imgs.device)
+    masked = torch.zeros_like(inside)
+    recon = target.clone()
+    inside[win.image.unsqueeze(1), win.patches] = 1.0
+    masked[win.image.unsqueeze(1), win.patches] = win.mask
+    recon[win.image.unsqueeze(1), win.patches] = pred
+    as_img = lambda x: masking.unpatchify(x, p, grid)  # noqa: E731
+    pix = lambda m: as_img(m.unsqueeze(-1).expand(-1, -1, target.shape[-1]))  # noqa: E731
+    inside, masked = pix(inside), pix(masked)
+    dim = 0.35 * denormalize(imgs) * (1 - inside)
+    visible = denormalize(imgs) * inside * (1 - masked)
+    return {
+        "original": denormalize(imgs),
+        "masked": dim + visible + 0.5 * masked,
+        "recon": dim + denormalize(as_img(recon)) * inside,
+        "pasted": dim + visible + denormalize(as_img(recon)) * masked,
+        "loss": out.loss,
+        "mask": out.mask,
+        "boxes": torch.cat([corners * p, torch.full_like(corners[..., :1], ws * p)], -1),
+    }
+
+
+def _seeded_corners(n, m, grid, ws, generator) -> torch.Tensor:
+    rows = torch.randint(0, grid[0] - ws + 1, (n, m), generator=generator)
+    cols = torch.randint(0, grid[1] - ws + 1, (n, m), generator=generator)
+    return torch.stack([rows, cols], -1)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..utils.io import SAFE_GLOBALS, safe_torch_load
+from ...errors import UserError
+from ...utils.io import SAFE_GLOBALS, safe_torch_load
 
 # The official full checkpoint needs exactly the allow-list every mimkit load uses: the
 # ``args`` Namespace and the optimizer's NumPy float64 lr / weight decay (scalar, dtype,
