@@ -1,9 +1,7 @@
 """Faults and bad input, second round: stale and damaged caches, NaN weights, bad labels,
 meaningless metrics, ONNX side files, EXIF orientation, tracker conventions.
 
-Each test pins one failure a user met: it failed before the fix and passes now. Tests
-marked xfail(strict) wait for a line in a module another change owns (the reason says
-which); they start passing, and must then lose the mark, when that line lands.
+Each test pins one failure a user met: it failed before the fix and passes now.
 """
 
 from __future__ import annotations
@@ -160,11 +158,6 @@ def test_nan_weights_are_not_exported(tmp_path, tiny_mae_ckpt, capsys):
         assert "norm.weight" in _error(err) and not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs `refuse_non_finite(model)` (interop/export.py) in interop/hf.py export_hf "
-    "before it writes anything",
-)
 def test_nan_weights_are_not_exported_to_hugging_face(tmp_path, tiny_mae_ckpt, capsys):
     bad = _nan_copy(tiny_mae_ckpt, tmp_path / "nan.pth", "norm.weight")
     code, _, err = _run(
@@ -195,10 +188,6 @@ def test_nan_logits_in_predict_are_one_line(tmp_path, capsys):
     assert "head.weight" in _error(err) and "nan" not in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs `checkpoint=args.checkpoint` passed to predict_files in cli/predict.py",
-)
 def test_nan_logits_in_predict_name_the_checkpoint(tmp_path, capsys):
     ckpt = _nan_classifier(tmp_path / "clf.pth")
     img = next((CIFAR_MINI / "test" / "cat").iterdir())
@@ -269,11 +258,6 @@ def test_metrics_json_is_strict_json(tmp_path):
     assert "NaN" in m["notes"]["auc"] and "Infinity" in m["notes"]["k.a.1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs recipes/qscore.py _write (and recipes/backbone.py write_metrics, "
-    "recipes/detect.py) to write metrics.json with utils.io.write_json",
-)
 def test_qscore_with_an_undefined_auc_writes_strict_json(tmp_path, capsys):
     root = _labeled(tmp_path / "d", n_train=3, n_val=0)
     shutil.copytree(root / "train", root / "val", dirs_exist_ok=True)  # every kNN answer right

@@ -114,9 +114,9 @@ class TrainConfig:
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # + wandb mlflow csv
     run_name: str | None = None  # tracker run name; default: the run folder's name
     tags: list[str] = field(default_factory=list)  # W&B tags, MLflow tags
-    wandb_project: str = "mimkit"  # W&B project (WANDB_MODE=offline is respected)
+    wandb_project: str | None = None  # W&B project; default WANDB_PROJECT, else 'mimkit'
     mlflow_uri: str | None = None  # default: sqlite database in <run>/mlruns
-    mlflow_experiment: str = "mimkit"
+    mlflow_experiment: str | None = None  # default MLFLOW_EXPERIMENT_NAME, else 'mimkit'
     max_steps: int | None = None  # stop early (smoke runs)
     dist_timeout_min: float = 10.0  # a collective waiting longer fails instead of hanging
     max_abs_weight: float | None = 1e4  # weights beyond count as diverged and are not saved

@@ -74,6 +74,7 @@ def cmd_predict(args) -> int:
         args.batch_size,
         args.num_workers,
         precision=args.precision,
+        checkpoint=args.checkpoint,
     )
     _report(rows, args, min(args.topk, len(classes)))
     return 0 if rows else 2

@@ -62,10 +62,10 @@ class RunLogger:
         loggers: Sequence[str] | bool = ("tensorboard",),
         config: dict | None = None,
         run_name: str | None = None,
-        project: str = "mimkit",
+        project: str | None = None,
         tags: Sequence[str] = (),
         mlflow_uri: str | None = None,
-        mlflow_experiment: str = "mimkit",
+        mlflow_experiment: str | None = None,
     ):
         self.enabled = dist.is_main()
         self.out_dir = Path(out_dir)

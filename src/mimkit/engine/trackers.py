@@ -65,12 +65,8 @@ def scalars(record: dict) -> dict[str, float]:
 
 
 def from_config_or_env(value: str | None, env: str) -> str:
-    """The config's value, else the environment variable ``env``, else 'mimkit'.
-
-    The config's default for these keys is 'mimkit' itself, so 'mimkit' counts as not
-    given (config.py cannot yet say 'unset'): set in the config, it still wins unless
-    the environment names another."""
-    if value and value != DEFAULT_NAME:
+    """The config's value, else the environment variable ``env``, else 'mimkit'."""
+    if value:
         return value
     return os.environ.get(env) or DEFAULT_NAME
 

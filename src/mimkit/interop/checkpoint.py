@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..methods import method_for, read_official
 from ..models.beit import infer_beit_args, is_beit_state_dict
 from ..models.vit import infer_vit_args as _backbone_vit_args
+from ..utils.finite import first_non_finite
 from ..utils.io import safe_torch_load
 
 log = logging.getLogger("mimkit")
@@ -206,6 +207,12 @@ def load_checkpoint(
     backbone gives its ``network``: 'teacher' (default, as released) or 'student'.
     """
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
+    bad = first_non_finite(ckpt.state_dict)
+    if bad:  # every feature, logit and export of it would be NaN
+        raise UserError(
+            f"{ckpt.path}: tensor {bad} holds NaN/inf (a diverged run or a damaged file); "
+            "use a checkpoint from before it"
+        )
     report = LoadReport(ckpt.path)
     sd, left_out = select_network(dict(ckpt.state_dict), model, network)
     report.ignored = left_out

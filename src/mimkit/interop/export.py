@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import UserError
-from ..utils.finite import first_non_finite
+from ..utils.finite import refuse_non_finite
 
 log = logging.getLogger("mimkit")
 
@@ -90,16 +90,6 @@ def _write_timm(model, out: str | Path, recipe: dict) -> dict:
     )
     out.with_suffix(".json").write_text(json.dumps(recipe, indent=2) + "\n")
     return recipe
-
-
-def refuse_non_finite(model) -> None:
-    """An exported NaN loads everywhere without a word and answers NaN: refuse it here."""
-    bad = first_non_finite(model)
-    if bad:
-        raise UserError(
-            f"not exported: weight {bad} holds NaN/inf (a diverged run or a damaged file); "
-            "export a checkpoint from before it"
-        )
 
 
 DEFAULT_NAMES = {"timm": "model.safetensors", "torchscript": "model.pt", "onnx": "model.onnx"}

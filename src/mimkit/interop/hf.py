@@ -38,6 +38,7 @@ import torch
 
 from ..errors import UserError
 from ..methods import method_for
+from ..utils.finite import refuse_non_finite
 from .checkpoint import Checkpoint
 
 log = logging.getLogger("mimkit")
@@ -153,6 +154,7 @@ def export_hf(model, out_dir: str | Path, class_names: Sequence[str] | None = No
     num_classes = getattr(model, "num_classes", 0)
     if class_names is not None and len(class_names) != num_classes:
         raise UserError(f"{len(class_names)} class names for a head of {num_classes} classes")
+    refuse_non_finite(model)
     config = hf_config(model, arch, class_names)
     sd = to_hf_state_dict(model.state_dict(), arch)
     out = Path(out_dir)

@@ -11,10 +11,11 @@ Masks come from the loader (the official ``MaskGenerator``: ``ceil(0.6 * cells)`
 32 px cells). Optimisation as ``main_simmim.py``: AdamW on two groups (no decay for 1-D
 tensors, biases, ``encoder.pos_embed`` and ``encoder.cls_token``; the mask token and the
 relative position table *are* decayed), clipping 5.0, lr (and its warm-up start and
-minimum: optim.warmup_lr, optim.min_lr) scaled per 512 images, timm's cosine or a multistep schedule with warm-up,
-updated after each step (``step_update(epoch * n_iter + idx)``: the warm-up start is used
-twice). Keys are the official ones (``encoder.*``, ``decoder.0.*``), so an official
-checkpoint's ``model`` loads as it is.
+minimum: optim.warmup_lr, optim.min_lr) scaled per 512 images, timm's cosine or a
+multistep schedule with warm-up, updated after each step
+(``step_update(epoch * n_iter + idx)``: the warm-up start is used twice). Keys are the
+official ones (``encoder.*``, ``decoder.0.*``), so an official checkpoint's ``model``
+loads as it is.
 """
 
 from __future__ import annotations

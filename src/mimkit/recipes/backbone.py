@@ -3,7 +3,6 @@ init), its cached train/val features, and writing metrics.json + confusion.png."
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from ..models import create_encoder, is_pretrainer, preprocessing
 from ..models.timm_backbone import create_timm, is_timm_name
 from ..models.vit import encoder_args
 from ..utils.cache import cache_root
+from ..utils.io import write_json
 from .run import RunContext
 
 log = logging.getLogger("mimkit")
@@ -110,7 +110,7 @@ def write_metrics(out: Path, metrics: dict, classes: list[str], title: str) -> P
         return None
     metrics = dict(metrics)
     cm = metrics.pop("confusion", None)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     picture = None
     if cm is not None:
         picture = plot_confusion(cm, classes, out / "confusion.png", title)

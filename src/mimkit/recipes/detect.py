@@ -3,7 +3,6 @@ evaluation of a detector checkpoint, and drawn predictions."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from ..interop.checkpoint import (
     read_checkpoint,
 )
 from ..models import create_encoder
-from ..utils.io import safe_torch_load
+from ..utils.io import safe_torch_load, write_json
 from .registry import Recipe, register
 from .results import DetectResult
 from .run import fit, start
@@ -175,7 +174,7 @@ def train(cfg: config_lib.Config, resume: Path | None = None) -> DetectResult:
 
 def write_metrics(out: Path, metrics: dict) -> None:
     if dist.is_main():
-        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(Path(out) / "metrics.json", metrics)
         log.info(
             "detect: box AP %s, mask AP %s -> %s",
             metrics.get("bbox_AP"),

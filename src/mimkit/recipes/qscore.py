@@ -4,7 +4,6 @@ well it separates images kNN gets right from those it gets wrong."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from .. import config as config_lib
@@ -16,6 +15,7 @@ from ..eval.knn import knn_scores
 from ..eval.metrics import roc_auc
 from ..eval.qscore import qscore
 from ..models import preprocessing
+from ..utils.io import write_json
 from ..viz.curves import plot_qscore
 from .backbone import load_backbone, split_features
 from .registry import Recipe, register
@@ -108,7 +108,7 @@ def _write(out: Path, q, target: dict, pred, classes, k) -> dict:
             mean_correct=q[correct].mean().item() if correct.any() else None,
             mean_wrong=q[~correct].mean().item() if (~correct).any() else None,
         )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     plot_qscore(q, correct, out / "qscore_hist.png")
     auc = metrics.get("auc_correct_vs_wrong")
     print(

@@ -8,6 +8,8 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from ..errors import UserError
+
 
 def first_non_finite(weights) -> str | None:
     """The name of the first floating-point tensor holding NaN or +-inf, else None.
@@ -32,3 +34,13 @@ def _named_tensors(weights, prefix: str = "") -> Iterator[tuple[str, torch.Tenso
             yield name, value
         elif isinstance(value, Mapping):
             yield from _named_tensors(value, name + ".")
+
+
+def refuse_non_finite(model) -> None:
+    """An exported NaN loads everywhere without a word and answers NaN: refuse it here."""
+    bad = first_non_finite(model)
+    if bad:
+        raise UserError(
+            f"not exported: weight {bad} holds NaN/inf (a diverged run or a damaged file); "
+            "export a checkpoint from before it"
+        )
