@@ -8,7 +8,8 @@ import torch
 import mimkit
 from mimkit.errors import UserError
 from mimkit.interop.checkpoint import model_from_checkpoint, read_checkpoint
-from mimkit.interop.hf import export_hf, export_hf_checkpoint, is_hf_folder, read_hf_folder
+from mimkit.interop.export import export_hf_checkpoint
+from mimkit.interop.hf import export_hf, is_hf_folder, read_hf_folder
 
 transformers = pytest.importorskip("transformers")
 

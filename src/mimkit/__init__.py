@@ -1,16 +1,16 @@
 """mimkit: masked image modeling toolkit (MAE, LoMaR, iBOT, SimMIM pretraining,
 evaluation, transfer). The jobs are functions (``mimkit.pretrain``, ``knn``, ``linprobe``,
-``finetune``, ``train``, ``qscore``, ``detect.train/evaluate/predict``, ``benchmark``):
-the same recipes the ``mimkit`` command runs."""
+``finetune``, ``train``, ``qscore``, ``detect.train/evaluate/predict``, ``benchmark``, and
+every other registered job): the same recipes the ``mimkit`` command runs."""
 
-__version__ = "0.1.0"
-
-from . import methods  # noqa: E402, F401  (registers the pretraining methods and models)
-from .errors import NonFiniteLossError, UserError  # noqa: E402
-from .interop.checkpoint import load_checkpoint  # noqa: E402
-from .models import create_model, list_models  # noqa: E402
-
-_API = ("pretrain", "knn", "linprobe", "finetune", "train", "qscore", "detect", "benchmark")
+from . import (
+    methods,  # noqa: F401  (registers the pretraining methods and models)
+    recipes,  # noqa: F401  (registers the jobs: their config sections, commands)
+)
+from .errors import NonFiniteLossError, UserError
+from .interop.checkpoint import load_checkpoint
+from .models import create_model, list_models
+from .version import __version__
 
 __all__ = [
     "__version__",
@@ -19,14 +19,16 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
-    *_API,
 ]
 
 
 def __getattr__(name: str):
     # the jobs import every recipe (torchvision detection, ...): only when first used
-    if name in _API:
-        from . import api
+    import importlib.util
 
-        return getattr(api, name)
+    # a submodule being imported (``from mimkit import config``) is not a job
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is None:
+        jobs = importlib.import_module(f"{__name__}.api")._JOBS
+        if name in jobs:
+            return jobs[name]
     raise AttributeError(f"module 'mimkit' has no attribute {name!r}")

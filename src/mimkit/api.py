@@ -7,25 +7,25 @@ CLI (``mimkit pretrain ...`` and ``mimkit.pretrain(...)`` give the same run).
     run.reconstructions(images=["a.jpg"])          # a PIL image
     m = mimkit.knn(run.checkpoint, data="cifar/")   # m['top1'], m['per_k']
 
-Keyword arguments map to config keys: ``data``, ``epochs``, ``out``, ``batch_size``,
-``device``, ``name``, ``checkpoint``, ``pool``, plus any dotted key as a ``**{...}``
-entry (or a nested dict: ``optim={'blr': 1e-3}``). Bad input raises ``mimkit.UserError``
-with one line; nothing calls ``sys.exit``. Under ``torchrun`` each process calls the
-function and they train together, as the CLI does.
+Every registered job is a function here, made from its registry entry: ``mimkit.<job>``
+or, for a job of a group, ``mimkit.<group>.<action>`` beside the group's tools
+(``mimkit.detect.train/evaluate/predict``). Keyword arguments map to config keys:
+``data``, ``epochs``, ``out``, ``batch_size``, ``device``, ``name``, ``checkpoint``,
+``model``, ``pool``, plus any dotted key as a ``**{...}`` entry (or a nested dict:
+``optim={'blr': 1e-3}``). Bad input raises ``mimkit.UserError`` with one line; nothing
+calls ``sys.exit``. Under ``torchrun`` each process calls the function and they train
+together, as the CLI does.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from pathlib import Path
+from types import SimpleNamespace
 
-from .recipes.registry import get_recipe
-from .recipes.results import (
-    BenchmarkResult,
-    ClassifyResult,
-    DetectResult,
-    PretrainResult,
-    QscoreResult,
-)
+from .errors import UserError
+from .recipes import get_recipe, recipes
 from .recipes.run import resolve
 
 # keyword -> config key (the CLI flags' names)
@@ -42,7 +42,8 @@ SHORT_KEYS = {
 }
 
 
-def _values(kwargs: dict) -> dict:
+def _values(kwargs: dict, renames: dict | None = None) -> dict:
+    keys = {**SHORT_KEYS, **(renames or {})}
     out = {}
     for key, value in kwargs.items():
         if value is None:
@@ -52,7 +53,7 @@ def _values(kwargs: dict) -> dict:
         if key == "model" and isinstance(value, dict):  # the section, e.g. {'args': {...}}
             out[key] = value
             continue
-        out[SHORT_KEYS.get(key, key)] = value
+        out[keys.get(key, key)] = value
     return out
 
 
@@ -66,70 +67,74 @@ def run_job(
     """Resolve the config for ``task`` and run its recipe (the CLI does the same).
     ``trust=True`` (the CLI's ``--trust-checkpoint``) loads checkpoints holding pickled
     objects beyond plain types: only for files you trust."""
+    recipe = get_recipe(task)
     trust = trust or bool(kwargs.pop("trust_checkpoint", False))
-    cfg, resume_path = resolve(task, config, values=_values(kwargs), resume=resume, trust=trust)
-    return get_recipe(task).run(cfg, resume_path)
+    _check_keywords(recipe.name, kwargs)
+    values = _values(kwargs, recipe.api_keys)
+    cfg, resume_path = resolve(task, config, values=values, resume=resume, trust=trust)
+    return recipe.run(cfg, resume_path)
 
 
-def pretrain(config: str | None = None, *, data=None, resume=None, **kwargs) -> PretrainResult:
-    """Pretrain with masked image modeling (MAE, LoMaR, iBOT); ``config`` is a preset name
-    or YAML path (default mae_vit_base_patch16). Returns checkpoint, metrics, history."""
-    return run_job("pretrain", config, resume=resume, data=data, **kwargs)
+def _check_keywords(job: str, kwargs: dict) -> None:
+    """A keyword that is neither a short name nor a dotted or section key: one line, with
+    a suggestion only when one is close (``epoch`` -> ``epochs``)."""
+    from .recipes.registry import schema
+
+    sections = {f.name for f in __import__("dataclasses").fields(schema())}
+    known = set(SHORT_KEYS) | sections | {"trust_checkpoint"}
+    for key in kwargs:
+        if "." in key or key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+        hint = f": did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"mimkit.{job}() got an unknown keyword '{key}'{hint}")
 
 
-def knn(checkpoint, *, data, config: str | None = None, **kwargs) -> ClassifyResult:
-    """Weighted kNN top-1/top-5 of frozen features (k 10, 20, 200; T 0.07)."""
-    return run_job("knn", config, checkpoint=checkpoint, data=data, **kwargs)
+def _job_function(recipe):
+    """``mimkit.<job>(*api_args, config=None, resume=None, **kwargs)`` for a recipe."""
+
+    def job(*args, config: str | None = None, resume=None, **kwargs):
+        if len(args) > len(recipe.api_args) + 1:
+            raise TypeError(
+                f"mimkit.{recipe.name}() takes at most {len(recipe.api_args) + 1} "
+                "positional arguments"
+            )
+        named = dict(zip(recipe.api_args, args))
+        if len(args) > len(recipe.api_args):  # the preset, positionally: pretrain('mae_...')
+            config = args[-1]
+        return run_job(recipe.name, config, resume=resume, **named, **kwargs)
+
+    params = [
+        inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in recipe.api_args
+    ]
+    params += [
+        inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+    job.__signature__ = inspect.Signature(params)
+    job.__name__ = job.__qualname__ = recipe.words[-1]
+    job.__doc__ = (recipe.description or recipe.help) + (
+        f" Preset default: {recipe.preset}." if recipe.preset else ""
+    )
+    return job
 
 
-def linprobe(checkpoint, *, data, config: str | None = None, resume=None, **kwargs):
-    """Linear probe (BN + linear on frozen features, MAE protocol) -> ClassifyResult."""
-    return run_job("linprobe", config, resume=resume, checkpoint=checkpoint, data=data, **kwargs)
+def jobs() -> dict[str, object]:
+    """``{name: function}`` for every top-level job and ``{group: namespace}`` for a
+    group's jobs and tools (``detect.train``, ``detect.evaluate``, ``detect.predict``)."""
+    out: dict[str, object] = {}
+    for recipe in recipes():
+        fn = _job_function(recipe)
+        if len(recipe.words) == 1:
+            out[recipe.name] = fn
+            continue
+        group = out.setdefault(recipe.words[0], SimpleNamespace())
+        setattr(group, recipe.words[1], fn)
+        for name, tool in recipe.tools.items():
+            setattr(group, name, tool)
+    return out
 
 
-def finetune(checkpoint, *, data, config: str | None = None, resume=None, **kwargs):
-    """Fine-tune a classifier from a backbone (layer decay, mixup/cutmix) -> ClassifyResult."""
-    return run_job("finetune", config, resume=resume, checkpoint=checkpoint, data=data, **kwargs)
-
-
-def train(config: str, *, data, resume=None, **kwargs) -> ClassifyResult:
-    """Supervised training from scratch (e.g. ``train('convmixer_256_8_cifar', data=...)``)."""
-    return run_job("train", config, resume=resume, data=data, **kwargs)
-
-
-def qscore(checkpoint, *, data, config: str | None = None, **kwargs) -> QscoreResult:
-    """Q-score of every image (lowest first) and, with labels, its ROC AUC vs kNN."""
-    return run_job("qscore", config, checkpoint=checkpoint, data=data, **kwargs)
-
-
-def benchmark(config: str = "mae_vit_base_patch16", **kwargs) -> BenchmarkResult:
-    """Training-step throughput, memory and MFU of a preset on this device; ``bench.data``
-    (or ``data=``) also times the data path and the two together."""
-    if "data" in kwargs:
-        kwargs["bench.data"] = kwargs.pop("data")
-    return run_job("benchmark", config, **kwargs)
-
-
-class _Detect:
-    """``mimkit.detect.train(...)``, ``.evaluate(...)``, ``.predict(...)``: ViTDet."""
-
-    @staticmethod
-    def train(config: str | None = None, *, data=None, resume=None, **kwargs) -> DetectResult:
-        return run_job("detect", config, resume=resume, data=data, **kwargs)
-
-    @staticmethod
-    def evaluate(checkpoint, *, images, ann, **kwargs) -> DetectResult:
-        from .recipes.detect import evaluate
-
-        return evaluate(checkpoint, images, ann, **kwargs)
-
-    @staticmethod
-    def predict(checkpoint, *, images, **kwargs) -> list[dict]:
-        from .recipes.detect import predict
-
-        return predict(
-            checkpoint, [images] if isinstance(images, (str, Path)) else images, **kwargs
-        )
-
-
-detect = _Detect()
+_JOBS = jobs()
+globals().update(_JOBS)

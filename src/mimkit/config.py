@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -133,58 +133,6 @@ class EvalConfig:
 
 
 @dataclass
-class LinprobeConfig:
-    optimizer: ProbeOptimizer = ProbeOptimizer.lars
-    augment: bool = False  # random resized crop + flip; the frozen encoder then runs each step
-    cache: bool = True  # without augmentation: train the head on features extracted once
-    # DINO/iBOT probe: [CLS] of the last n blocks concatenated (official 4 for ViT-S/16)
-    n_last_blocks: int = 1
-    # MAE's BatchNorm (no affine) before the linear layer; false: DINO/iBOT's plain linear
-    batchnorm: bool = True
-
-
-@dataclass
-class FinetuneConfig:
-    layer_decay: float = 0.75  # lr scale decay^(depth + 1 - layer)
-    trainable_blocks: int | None = None  # partial fine-tuning: train only the last k blocks
-    global_pool: GlobalPool = GlobalPool.avg  # avg (fc_norm, as MAE) | token
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    smoothing: float = 0.1
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    reprob: float = 0.25  # random erasing probability
-    head_init_std: float | None = 2e-5  # null: keep the layer's default init (from scratch)
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop
-    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
-
-
-@dataclass
-class DetectConfig:
-    train_ann: str | None = None  # COCO instances_*.json for data.path (the image folder)
-    val_ann: str | None = None  # default: the last val_split images of train_ann
-    val_images: str | None = None  # default: data.path
-    val_split: int = 0  # hold out this many images of train_ann for validation (COCO128)
-    masks: bool = True  # Mask R-CNN (true) or Faster R-CNN (false)
-    window_size: int = 14
-    global_blocks: list[int] | None = None  # default: the published ones for the depth
-    residual_blocks: list[int] = field(default_factory=list)  # conv propagation after these
-    rel_pos: bool = True
-    layer_decay: float = 0.7  # ViT-B 0.7, L 0.8, H 0.9; pyramid and heads at full lr
-    scale_range: list[float] = field(default_factory=lambda: [0.1, 2.0])  # large-scale jitter
-    out_channels: int = 256
-    score_threshold: float = 0.5  # predict: draw detections above this score
-
-
-@dataclass
-class BenchConfig:
-    steps: int = 20  # timed steps
-    warmup: int = 5  # untimed steps first
-    data: str = "synthetic"  # or an image folder / shards: also time the loader, end to end
-    json: str | None = None  # where to save the result (default runs/benchmark/<preset>.json)
-    profile: bool = False  # also trace a few steps: Chrome trace next to the JSON + top ops
-
-
-@dataclass
 class Config:
     task: str = "pretrain"
     name: str | None = None  # run name; default: preset name
@@ -195,10 +143,31 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    linprobe: LinprobeConfig = field(default_factory=LinprobeConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    detect: DetectConfig = field(default_factory=DetectConfig)
-    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+# The jobs register here (``recipes.registry.register`` calls ``register_job``): their
+# config section and defaults. This module never imports the jobs; importing ``mimkit``
+# imports them all, so every section is known before any config is read.
+_JOBS: dict[str, tuple[tuple[str, type] | None, dict]] = {}
+_SCHEMAS: dict[tuple, type] = {}
+
+
+def register_job(name: str, section: tuple[str, type] | None, defaults: dict) -> None:
+    _JOBS[name] = (section, defaults)
+
+
+def job_names() -> list[str]:
+    return sorted(_JOBS)
+
+
+def schema() -> type:
+    """``Config`` plus each registered job's section (``detect: DetectConfig``...)."""
+    sections = dict(s for s, _ in _JOBS.values() if s)
+    key = tuple(sorted(sections.items(), key=lambda kv: kv[0]))
+    if key not in _SCHEMAS:
+        fields = [(n, cls, field(default_factory=cls)) for n, cls in key]
+        _SCHEMAS[key] = make_dataclass("JobConfig", fields, bases=(Config,))
+    return _SCHEMAS[key]
 
 
 def preset_dir():
@@ -230,15 +199,17 @@ def load_config(
     preset: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     base: DictConfig | dict | None = None,
-    schema: type = Config,
+    schema_cls: type | None = None,
     task: str | None = None,
     values: dict | None = None,
-) -> Config:
-    """Resolve schema defaults <- the task's defaults (its recipe) <- base (a resumed run)
+):
+    """Resolve schema defaults <- the task's defaults (its job's) <- base (a resumed run)
     <- preset <- ``key=value`` overrides <- ``values`` ({'optim.blr': 1e-3} or nested:
-    the Python API's keyword arguments)."""
+    the Python API's keyword arguments). The schema is ``Config`` plus every registered
+    job's section."""
+    schema_cls = schema_cls or schema()
     try:
-        layers = [OmegaConf.structured(schema)]
+        layers = [OmegaConf.structured(schema_cls)]
         if task:
             layers.append(OmegaConf.create({"task": task, **task_defaults(task)}))
         if base is not None:
@@ -254,7 +225,7 @@ def load_config(
             cfg.name = Path(preset).stem
         obj = OmegaConf.to_object(cfg)
     except ConfigKeyError as e:
-        raise UserError(_unknown_key_message(e, schema)) from None
+        raise UserError(_unknown_key_message(e, schema_cls)) from None
     except ValidationError as e:
         raise UserError(_validation_message(e)) from None
     except OmegaConfBaseException as e:
@@ -262,6 +233,13 @@ def load_config(
     _alias_eval_checkpoint(obj)
     validate(obj)
     return obj
+
+
+def task_defaults(task: str) -> dict:
+    """A job's defaults, layered between the schema and the preset."""
+    if task not in _JOBS:
+        raise UserError(f"config key 'task' must be one of {', '.join(job_names())}, got '{task}'")
+    return _JOBS[task][1]
 
 
 def _refuse_env_interpolations(node, key: str = "") -> None:
@@ -287,13 +265,6 @@ def _env_message(key: str) -> str:
         "value there; pass the value itself, or keep secrets in the tool's own variables "
         "(WANDB_API_KEY, MLFLOW_TRACKING_URI)"
     )
-
-
-def task_defaults(task: str) -> dict:
-    """A job's defaults, layered between the schema and the preset: its recipe's."""
-    from .recipes.registry import get_recipe
-
-    return get_recipe(task).defaults
 
 
 def nest(values: dict) -> dict:
@@ -375,11 +346,9 @@ def _validation_message(e: ValidationError) -> str:
 
 def validate(cfg: Config) -> None:
     """Checks OmegaConf's types cannot express; each error names the key."""
-    from .recipes.registry import recipe_names
-
-    if cfg.task not in recipe_names():
+    if _JOBS and cfg.task not in _JOBS:
         raise UserError(
-            f"config key 'task' must be one of {', '.join(recipe_names())}, got '{cfg.task}'"
+            f"config key 'task' must be one of {', '.join(job_names())}, got '{cfg.task}'"
         )
     if cfg.model.mask_ratio is not None and not 0.0 < cfg.model.mask_ratio < 1.0:
         raise UserError(

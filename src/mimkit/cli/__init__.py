@@ -1,6 +1,11 @@
 """``mimkit <command>``: the edge where configuration is read.
 
-Below this package every function takes explicit, typed arguments.
+The configured jobs' commands come from the job registry (``recipes.registry``): each
+registered recipe is a command (``mimkit pretrain``) or an action of its group (``mimkit
+detect train``), with the shared flags and its own. The modules here add the commands
+that are not configured jobs (pictures, export, prediction, shards, listings) and the
+tools of a group (``mimkit detect eval``). Below this package every function takes
+explicit, typed arguments.
 """
 
 from __future__ import annotations
@@ -10,46 +15,38 @@ import errno
 import sys
 
 from ..errors import NonFiniteLossError, UserError, one_line
+from ..recipes import recipes
 from ..utils import distributed
 from ..utils.io import WriteError
-from . import (
-    benchmark,
-    detect,
-    evaluate,
-    export,
-    filters,
-    info,
-    predict,
-    pretrain,
-    shards,
-    visualize,
-)
+from ..version import __version__
+from . import detect, export, filters, info, predict, shards, visualize
+from .jobs import add_job_parser
 
-COMMANDS = (
-    pretrain,
-    visualize,
-    filters,
-    evaluate,
-    detect,
-    predict,
-    export,
-    benchmark,
-    shards,
-    info,
-)
+TOOLS = (visualize, filters, predict, export, shards, info)
+GROUP_TOOLS = {"detect": detect}  # actions of a job group besides its registered jobs
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mimkit",
-        description="Masked image modeling: pretrain (MAE), look at reconstructions, "
-        "evaluate, transfer.",
+        description="Masked image modeling: pretrain (MAE, LoMaR, iBOT, SimMIM), look at what "
+        "the backbone learned, evaluate, transfer.",
     )
-    from .. import __version__
-
     parser.add_argument("--version", action="version", version=f"mimkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for module in COMMANDS:
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for recipe in recipes():
+        words = recipe.words
+        if len(words) == 1:
+            add_job_parser(sub, recipe, words[0])
+            continue
+        if words[0] not in groups:
+            g = sub.add_parser(words[0], help=recipe.description or recipe.help)
+            groups[words[0]] = g.add_subparsers(dest="action", metavar="<action>", required=True)
+        add_job_parser(groups[words[0]], recipe, words[1])
+    for name, module in GROUP_TOOLS.items():
+        module.add_actions(groups[name])
+    for module in TOOLS:
         module.add_parser(sub)
     return parser
 

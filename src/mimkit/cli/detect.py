@@ -1,4 +1,4 @@
-"""``mimkit detect train | eval | predict``: ViTDet-style Mask R-CNN on a plain ViT."""
+"""``mimkit detect eval | predict``: the tools beside ``detect train`` (a registered job)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,11 @@ import json
 
 from ..engine.logging import setup_console
 from ..recipes import detect as recipe
-from .common import add_training_flags, add_trust_flag, resolve_config
+from .common import add_trust_flag
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "detect",
-        help=recipe.RECIPE.help,
-        description="Mask R-CNN (torchvision) on a plain ViT with window attention, relative "
-        "positions and a simple feature pyramid, from an MAE checkpoint or random init.",
-    )
-    actions = p.add_subparsers(dest="action", metavar="<action>", required=True)
-    t = actions.add_parser("train", help="train on COCO-format data (evaluates each epoch)")
-    add_training_flags(t, "detect", checkpoint=True)
-    t.set_defaults(func=cmd_train)
+def add_actions(actions) -> None:
+    """``detect eval`` and ``detect predict`` beside the registered ``detect train``."""
     e = actions.add_parser("eval", help="COCO bbox/segm AP of a detector checkpoint")
     e.add_argument("--checkpoint", required=True, help="a `mimkit detect train` checkpoint")
     e.add_argument("--images", required=True, help="image folder")
@@ -42,13 +33,6 @@ def add_parser(sub) -> None:
     r.add_argument("--device", default="auto")
     add_trust_flag(r)
     r.set_defaults(func=cmd_predict)
-
-
-def cmd_train(args) -> int:
-    resolved = resolve_config(args, "detect")
-    if resolved is not None:
-        recipe.train(*resolved)
-    return 0
 
 
 def cmd_eval(args) -> int:

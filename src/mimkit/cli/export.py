@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
 def cmd_export(args) -> int:
     setup_console()
     if args.format == "hf":
-        from ..interop.hf import export_hf_checkpoint, hf_usage
+        from ..interop.export import export_hf_checkpoint
+        from ..interop.hf import hf_usage
 
         out = export_hf_checkpoint(args.checkpoint, args.out, trust=args.trust_checkpoint)
         print(f"wrote {out}: {hf_usage(out)}")

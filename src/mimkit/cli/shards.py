@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from ..data.shards import write_shards
-from ..data.sources import open_source
+from ..data.sources import open_source, scheme_for
 from ..engine.logging import setup_console
 
 log = logging.getLogger("mimkit")
@@ -38,7 +38,9 @@ def cmd_shards(args) -> int:
     setup_console()
     source = open_source(args.data, args.file_list, args.image_key, args.label_key)
     if source.labels is None:
-        hint = " (name its label column with --label-key)" if args.data.startswith("hf:") else ""
+        scheme = scheme_for(args.data)
+        table = scheme is not None and scheme.kind == "table"
+        hint = " (name its label column with --label-key)" if table else ""
         log.info("%s: no labels found, the shards hold images only%s", args.data, hint)
     paths = write_shards(source, args.out, args.shard_size)
     last = paths[-1].name if paths else ""

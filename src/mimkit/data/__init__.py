@@ -1,3 +1,4 @@
+from . import hf, shards  # noqa: F401  (register their --data schemes)
 from .datasets import ImageDataset, collate
 from .labeled import Splits, open_splits
 from .loader import EpochSampler, build_loader

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..utils import distributed as dist
 from ..utils.cache import cache_root
-from .sources import ImageSource
+from .sources import ImageSource, Scheme, register_scheme
 
 _IMAGE_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")
 _VAL_SPLITS = ("validation", "val", "test")
@@ -267,3 +267,14 @@ def _labels(parts: list, column: str | None) -> tuple[list[list[int] | None], li
 def _column(ds, column: str) -> list:
     """One column as a Python list, read from the Arrow table (respects row selections)."""
     return ds.select_columns([column]).with_format("arrow")[:][column].to_pylist()
+
+
+register_scheme(
+    Scheme(
+        "hf",
+        kind="table",
+        matches=lambda spec: spec.startswith("hf:"),
+        open=open_hf_source,
+        open_splits=open_hf_splits,
+    )
+)

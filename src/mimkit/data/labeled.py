@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .sources import ImageSource, file_list_source, folder_source
+from .sources import ImageSource, file_list_source, folder_source, scheme_for
 
 _LAYOUT = "ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg (or ROOT/test/...)"
 
@@ -31,10 +31,10 @@ def open_splits(
     (``image_key`` / ``label_key`` name its columns; found when None)."""
     if not root:
         raise UserError(f"no data given: pass --data ROOT (data= in Python) laid out as {_LAYOUT}")
-    if str(root).startswith("hf:"):
-        from .hf import open_hf_splits
-
-        return _one_class_is_no_test(Splits(*open_hf_splits(str(root), image_key, label_key)), root)
+    scheme = scheme_for(root)
+    if scheme is not None and scheme.open_splits is not None:
+        found = scheme.open_splits(str(root), image_key, label_key)
+        return _one_class_is_no_test(Splits(*found), root)
     if train_list or val_list:
         if not (train_list and val_list):
             raise UserError("file lists need both data.file_list (train) and data.val_list")

@@ -23,8 +23,8 @@ from ..utils.cache import cache_root
 from .datasets import ImageDataset, collate
 from .jpeg import DeviceJpegLoader
 from .loader import EpochSampler, build_loader
-from .shards import ShardDataset, ShardLoader, ShardSet, is_shard_spec, open_shards
-from .sources import ImageSource, open_source
+from .shards import ShardDataset, ShardLoader, ShardSet, open_shards
+from .sources import ImageSource, open_source, scheme_for
 from .tensor_cache import TensorCacheLoader, load_tensor_cache
 from .transforms import pretrain_transform
 
@@ -50,7 +50,8 @@ def open_pretrain_data(
     ``--data`` (a folder with shards.json, a URL pattern, ``pipe:``) select the shards
     pipeline under the default ``files``; ``num_samples`` (data.num_samples) counts shards
     without an index."""
-    if pipeline == "files" and not file_list and is_shard_spec(path):
+    scheme = scheme_for(path) if not file_list else None
+    if pipeline == "files" and scheme is not None and scheme.kind == "shards":
         pipeline = "shards"
     if pipeline == "shards":
         if not path:
@@ -60,7 +61,7 @@ def open_pretrain_data(
             )
         shards = open_shards(path, num_samples)
         return PretrainData(pipeline, shards.num_samples, shards=shards)
-    if path and str(path).startswith("hf:"):
+    if scheme is not None and scheme.kind == "table":
         if pipeline != "files":
             raise UserError(
                 f"--data {path} is read with data.pipeline=files (the {pipeline} pipeline "

@@ -41,7 +41,7 @@ from ..utils.io import atomic_write_text
 from ..utils.rng import seeded
 from .images import failure_reason, open_rgb
 from .loader import build_loader, sample_seed
-from .sources import IMAGE_EXTENSIONS, ImageSource
+from .sources import IMAGE_EXTENSIONS, ImageSource, Scheme, register_scheme
 
 log = logging.getLogger("mimkit")
 
@@ -148,6 +148,9 @@ def is_shard_spec(path: str | Path | None) -> bool:
     if Path(s).is_dir():
         return (Path(s) / INDEX).is_file()
     return bool(_REMOTE.match(s)) or ("{" in s and "}" in s) or s.endswith(_TAR)
+
+
+register_scheme(Scheme("shards", kind="shards", matches=is_shard_spec))
 
 
 def open_shards(spec: str | Path, num_samples: int | None = None) -> ShardSet:

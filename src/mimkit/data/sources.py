@@ -163,20 +163,54 @@ def _is_int(s: str) -> bool:
         return False
 
 
+# ---------------------------------------------------------------------------- schemes
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A kind of ``--data`` besides folders and file lists, found by ``matches(spec)``:
+
+    - ``kind='table'``: rows with an image column (Hugging Face datasets, ``hf:DIR``),
+      opened as an ``ImageSource`` (``open``) or its labeled splits (``open_splits``);
+    - ``kind='shards'``: tar shards streamed by the shards pipeline (no random access).
+
+    A data module registers its scheme (``register_scheme``) when imported; this module
+    imports none of them."""
+
+    name: str
+    kind: str  # 'table' | 'shards'
+    matches: Callable[[str], bool]
+    open: Callable | None = None  # (spec, image_key, label_key) -> ImageSource
+    open_splits: Callable | None = None  # (spec, image_key, label_key) -> (train, val, classes)
+
+
+_SCHEMES: list[Scheme] = []
+
+
+def register_scheme(scheme: Scheme) -> Scheme:
+    _SCHEMES.append(scheme)
+    return scheme
+
+
+def scheme_for(spec) -> Scheme | None:
+    """The registered scheme of a ``--data`` value; None for a folder or file list."""
+    return next((s for s in _SCHEMES if spec and s.matches(str(spec))), None)
+
+
 def open_source(
     path: str | None,
     file_list: str | None = None,
     image_key: str | None = None,
     label_key: str | None = None,
 ) -> ImageSource:
-    """A folder, a file list under ``path``, or ``hf:DIR`` / ``hf:parquet:DIR`` (with the
-    image and label columns ``image_key`` / ``label_key``, found when None)."""
+    """A folder, a file list under ``path``, or a table scheme's rows (``hf:DIR`` /
+    ``hf:parquet:DIR``, with the image and label columns ``image_key`` / ``label_key``,
+    found when None)."""
     if not path:
         raise UserError("no data given: pass --data PATH (a folder of images) or data.path=PATH")
-    if str(path).startswith("hf:"):
-        from .hf import open_hf_source
-
-        return open_hf_source(str(path), image_key, label_key)
+    scheme = scheme_for(path)
+    if scheme is not None and scheme.open is not None:
+        return scheme.open(str(path), image_key, label_key)
     return file_list_source(path, file_list) if file_list else folder_source(path)
 
 

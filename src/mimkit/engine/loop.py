@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .. import __version__
 from ..errors import NonFiniteLossError, UserError
 from ..utils.batch import batch_images
 from ..utils.io import atomic_save
 from ..utils.rng import rng_state, set_rng_state
+from ..version import __version__
 from . import distributed as dist
 from . import precision as precision_lib
 from .checkpoint import LAST, load_training_state

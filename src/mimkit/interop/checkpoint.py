@@ -27,15 +27,10 @@ from ..models.beit import infer_beit_args, is_beit_state_dict
 from ..models.vit import infer_vit_args as _backbone_vit_args
 from ..utils.finite import first_non_finite
 from ..utils.io import safe_torch_load
+from .hf import is_hf_folder, read_hf_folder
+from .state import Checkpoint
 
 log = logging.getLogger("mimkit")
-
-
-@dataclass
-class Checkpoint:
-    state_dict: dict[str, torch.Tensor]
-    meta: dict = field(default_factory=dict)  # model_name, model_args, epoch, config, ...
-    path: str = "<memory>"
 
 
 def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
@@ -46,8 +41,6 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
     for (it lets the file run code)."""
     path = Path(path)
     if path.is_dir():  # a Hugging Face transformers folder (config.json + weights)
-        from .hf import is_hf_folder, read_hf_folder
-
         if is_hf_folder(path):
             return read_hf_folder(path)
         raise UserError(

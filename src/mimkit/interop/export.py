@@ -12,7 +12,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import UserError
+from ..methods import method_for
 from ..utils.finite import refuse_non_finite
+from .state import Checkpoint
 
 log = logging.getLogger("mimkit")
 
@@ -211,3 +213,20 @@ def export_inference(model: nn.Module, out: str | Path, fmt: str) -> dict:
         files = onnx_files(target, export_onnx(target, path, size))
     output = "logits" if classifier else f"features (N, {model.num_features})"
     return {"path": path, "files": files, "img_size": size, "output": output, **folds}
+
+
+def export_hf_checkpoint(source, out_dir: str | Path, trust: bool = False) -> Path:
+    """``mimkit export --format hf``: build the model a checkpoint describes (the full MAE
+    when it has a decoder, else the encoder or classifier) and :func:`export_hf` it, with
+    the checkpoint's class names."""
+    from .checkpoint import model_from_checkpoint, read_checkpoint
+    from .hf import export_hf
+
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
+    method = method_for(ckpt.state_dict)
+    kind = "pretrain" if method is not None and method.hf_pretraining else "encoder"
+    model, _ = model_from_checkpoint(ckpt, kind=kind)
+    classes = ckpt.meta.get("classes")
+    if classes is not None and len(classes) != getattr(model, "num_classes", 0):
+        classes = None  # e.g. a probe's classes with the encoder alone
+    return export_hf(model, out_dir, class_names=classes)

@@ -39,7 +39,7 @@ import torch
 from ..errors import UserError
 from ..methods import method_for
 from ..utils.finite import refuse_non_finite
-from .checkpoint import Checkpoint
+from .state import Checkpoint
 
 log = logging.getLogger("mimkit")
 
@@ -166,22 +166,6 @@ def export_hf(model, out_dir: str | Path, class_names: Sequence[str] | None = No
     (out / "preprocessor_config.json").write_text(json.dumps(_processor(model), indent=2) + "\n")
     log.info("wrote %s (%s)", out, arch)
     return out
-
-
-def export_hf_checkpoint(source, out_dir: str | Path, trust: bool = False) -> Path:
-    """``mimkit export --format hf``: build the model a checkpoint describes (the full MAE
-    when it has a decoder, else the encoder or classifier) and :func:`export_hf` it, with
-    the checkpoint's class names."""
-    from .checkpoint import model_from_checkpoint, read_checkpoint
-
-    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
-    method = method_for(ckpt.state_dict)
-    kind = "pretrain" if method is not None and method.hf_pretraining else "encoder"
-    model, _ = model_from_checkpoint(ckpt, kind=kind)
-    classes = ckpt.meta.get("classes")
-    if classes is not None and len(classes) != getattr(model, "num_classes", 0):
-        classes = None  # e.g. a probe's classes with the encoder alone
-    return export_hf(model, out_dir, class_names=classes)
 
 
 def hf_usage(out_dir: str | Path) -> str:

@@ -12,6 +12,7 @@ the run folder holds a checkpoint. ``cluster=local`` runs the job on this machin
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
 import zlib
@@ -93,16 +94,21 @@ def parse_time(text: str) -> int:
 # ---------------------------------------------------------------------------- the job
 
 
-class MimkitJob:
-    """The callable submitit runs in every task (picklable: only argv and the run folder)."""
+ENTRY = "mimkit.cli:main"  # the command a job runs, as a console-script entry point
 
-    def __init__(self, argv: list[str], run_dir: str | Path):
-        self.argv, self.run_dir = list(argv), str(run_dir)
+
+class MimkitJob:
+    """The callable submitit runs in every task (picklable: argv, the run folder and the
+    entry point's name, which is resolved in the job: this module never imports the CLI
+    that calls it)."""
+
+    def __init__(self, argv: list[str], run_dir: str | Path, entry: str = ENTRY):
+        self.argv, self.run_dir, self.entry = list(argv), str(run_dir), entry
 
     def __call__(self) -> int:
         set_dist_env()
-        from ..cli import main
-
+        module, _, name = self.entry.partition(":")
+        main = getattr(importlib.import_module(module), name)
         code = main(self.argv)
         if code != 0:
             raise RuntimeError(f"mimkit {self.argv[0]} ended with exit code {code}")
@@ -116,7 +122,7 @@ class MimkitJob:
         argv = self.argv
         if (Path(self.run_dir) / "checkpoint-last.pth").is_file():
             argv = [*_drop_flag(argv, "--resume"), "--resume", self.run_dir]
-        return DelayedSubmission(type(self)(argv, self.run_dir))
+        return DelayedSubmission(type(self)(argv, self.run_dir, self.entry))
 
 
 def set_dist_env() -> None:

@@ -5,6 +5,7 @@ without a checkpoint, e.g. ConvMixer's CIFAR recipe)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +28,34 @@ from .results import ClassifyResult
 from .run import RunContext, fit, save_config, start
 
 log = logging.getLogger("mimkit")
+GlobalPool, ProbeOptimizer = config_lib.GlobalPool, config_lib.ProbeOptimizer
+
+
+@dataclass
+class LinprobeConfig:
+    optimizer: ProbeOptimizer = ProbeOptimizer.lars
+    augment: bool = False  # random resized crop + flip; the frozen encoder then runs each step
+    cache: bool = True  # without augmentation: train the head on features extracted once
+    # DINO/iBOT probe: [CLS] of the last n blocks concatenated (official 4 for ViT-S/16)
+    n_last_blocks: int = 1
+    # MAE's BatchNorm (no affine) before the linear layer; false: DINO/iBOT's plain linear
+    batchnorm: bool = True
+
+
+@dataclass
+class FinetuneConfig:
+    layer_decay: float = 0.75  # lr scale decay^(depth + 1 - layer)
+    trainable_blocks: int | None = None  # partial fine-tuning: train only the last k blocks
+    global_pool: GlobalPool = GlobalPool.avg  # avg (fc_norm, as MAE) | token
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    smoothing: float = 0.1
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    reprob: float = 0.25  # random erasing probability
+    head_init_std: float | None = 2e-5  # null: keep the layer's default init (from scratch)
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+
 
 # The official recipes (MAE main_linprobe.py and main_finetune.py).
 LINPROBE_DEFAULTS = {
@@ -190,7 +219,7 @@ def _image_loaders(ctx: RunContext, splits, transform, prep: dict) -> tuple:
     )
 
 
-def mixup_and_loss(ft: config_lib.FinetuneConfig, num_classes: int, batch_size: int):
+def mixup_and_loss(ft: FinetuneConfig, num_classes: int, batch_size: int):
     """timm's Mixup with soft-target cross-entropy, or label smoothing, or plain CE."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -259,6 +288,10 @@ LINPROBE = register(
         linprobe,
         help="linear probe on a frozen backbone (MAE protocol: BN + linear, LARS)",
         defaults=LINPROBE_DEFAULTS,
+        section=("linprobe", LinprobeConfig),
+        backbone=True,
+        api_args=("checkpoint",),
+        order=11,
     )
 )
 FINETUNE = register(
@@ -267,6 +300,10 @@ FINETUNE = register(
         finetune,
         help="fine-tune a classifier (layer-wise lr decay, mixup/cutmix, RandAugment)",
         defaults=FINETUNE_DEFAULTS,
+        section=("finetune", FinetuneConfig),
+        backbone=True,
+        api_args=("checkpoint",),
+        order=12,
     )
 )
 TRAIN = register(
@@ -279,5 +316,8 @@ TRAIN = register(
             **FINETUNE_DEFAULTS,
             "model": {**FINETUNE_DEFAULTS["model"], "checkpoint": "none"},
         },
+        section=("finetune", FinetuneConfig),
+        backbone=True,
+        order=13,
     )
 )

@@ -4,6 +4,7 @@ evaluation of a detector checkpoint, and drawn predictions."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,7 +41,25 @@ from .run import fit, start
 
 log = logging.getLogger("mimkit")
 
+
 # ViTDet's COCO recipe (detectron2 projects/ViTDet): AdamW (0.9, 0.999), lr 1e-4 at
+@dataclass
+class DetectConfig:
+    train_ann: str | None = None  # COCO instances_*.json for data.path (the image folder)
+    val_ann: str | None = None  # default: the last val_split images of train_ann
+    val_images: str | None = None  # default: data.path
+    val_split: int = 0  # hold out this many images of train_ann for validation (COCO128)
+    masks: bool = True  # Mask R-CNN (true) or Faster R-CNN (false)
+    window_size: int = 14
+    global_blocks: list[int] | None = None  # default: the published ones for the depth
+    residual_blocks: list[int] = field(default_factory=list)  # conv propagation after these
+    rel_pos: bool = True
+    layer_decay: float = 0.7  # ViT-B 0.7, L 0.8, H 0.9; pyramid and heads at full lr
+    scale_range: list[float] = field(default_factory=lambda: [0.1, 2.0])  # large-scale jitter
+    out_channels: int = 256
+    score_threshold: float = 0.5  # predict: draw detections above this score
+
+
 # batch 64 (blr 4e-4 = 1e-4 x 256 / 64), wd 0.1, drop path 0.1, 1024 px, large-scale jitter.
 DETECT_DEFAULTS = {
     "model": {"name": "vit_base_patch16", "drop_path": 0.1},
@@ -236,6 +255,8 @@ def predict(
     from ..data.images import failure_reason, read_rgb_tensor
     from ..data.sources import collect_images
 
+    if isinstance(images, (str, Path)):  # one file or folder
+        images = [images]
     dev = dist.resolve_device(device)
     model, state = load_detector(checkpoint, dev, trust)
     if score_threshold is None:
@@ -281,9 +302,16 @@ RECIPE = register(
     Recipe(
         "detect",
         train,
-        help="ViTDet detection / instance segmentation (train, eval, predict)",
+        help="train on COCO-format data (evaluates each epoch)",
+        description="Mask R-CNN (torchvision) on a plain ViT with window attention, relative "
+        "positions and a simple feature pyramid, from a pretrained checkpoint or random init.",
         defaults=DETECT_DEFAULTS,
         preset="vitdet_vit_base_maskrcnn",
+        section=("detect", DetectConfig),
+        command=("detect", "train"),
+        backbone=True,
+        tools={"evaluate": evaluate, "predict": predict},
+        order=30,
     )
 )
 

@@ -67,6 +67,12 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResult:
 
 RECIPE = register(
     Recipe(
-        "knn", run, help="weighted kNN accuracy of frozen features (DINO protocol)", trains=False
+        "knn",
+        run,
+        help="weighted kNN accuracy of frozen features (DINO protocol)",
+        trains=False,
+        backbone=True,
+        api_args=("checkpoint",),
+        order=10,
     )
 )

@@ -182,6 +182,11 @@ RECIPE = register(
         "pretrain",
         run,
         help="pretrain a backbone with masked image modeling (MAE, LoMaR, iBOT, SimMIM)",
+        description="Pretrain with any registered method (`mimkit methods`) on a folder of "
+        "images. Writes the resolved config, log.jsonl, checkpoints, loss.png and the "
+        "method's picture to the run folder. Multi-GPU / multi-node: torchrun "
+        "--nproc_per_node=N -m mimkit pretrain ...",
         preset="mae_vit_base_patch16",
+        order=0,
     )
 )

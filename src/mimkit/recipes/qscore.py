@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import config as config_lib
 from ..data import eval_transform, open_source, open_splits
+from ..data.sources import scheme_for
 from ..engine import distributed as dist
 from ..errors import UserError
 from ..eval.features import extract, set_pool
@@ -29,7 +30,8 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> QscoreResult:
     model, _ = load_backbone(cfg, ctx.device)
     set_pool(model, str(cfg.eval.pool))
     labeled = cfg.data.val_list or (Path(cfg.data.path or "") / "train").is_dir()
-    labeled = labeled or str(cfg.data.path or "").startswith("hf:") and cfg.data.label_key
+    scheme = scheme_for(cfg.data.path)
+    labeled = labeled or (scheme is not None and scheme.kind == "table" and cfg.data.label_key)
     if labeled:
         target, pred, classes, k = _with_knn(ctx, model)
     else:
@@ -120,6 +122,12 @@ def _write(out: Path, q, target: dict, pred, classes, k) -> dict:
 
 RECIPE = register(
     Recipe(
-        "qscore", run, help="per-image representation quality (Q-score), lowest first", trains=False
+        "qscore",
+        run,
+        help="per-image representation quality (Q-score), lowest first",
+        trains=False,
+        backbone=True,
+        api_args=("checkpoint",),
+        order=14,
     )
 )

@@ -1,9 +1,12 @@
-"""The recipe registry: one entry per job (pretrain, knn, linprobe, ...).
+"""The job registry: one entry per job (pretrain, knn, linprobe, ...), everything the CLI,
+the Python API and the config need to know about it.
 
-A recipe is a plain object: a name, its defaults (layered between the config schema and
-the preset), its default preset, and ``run(cfg, resume=None) -> Result``. The CLI, the
-Python API and the config's ``task`` choices all read this registry, so a new job is one
-recipe module and a short CLI wrapper.
+A job is one recipe module that calls ``register(Recipe(...))``: its run function, its
+config section (a dataclass: ``section=('detect', DetectConfig)``), its defaults, its
+default preset, its command (``('detect', 'train')`` for ``mimkit detect train`` and
+``mimkit.detect.train``), its own flags, and what it prints. ``mimkit <command>`` and
+``mimkit.<job>`` are made from these entries (``cli.jobs``, ``api``), and the config
+schema is the base ``Config`` plus every registered section.
 """
 
 from __future__ import annotations
@@ -12,9 +15,24 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .. import config as config_lib
 from ..errors import UserError
 
 _RECIPES: dict[str, Recipe] = {}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag of one job that sets a config key (``--steps`` -> bench.steps).
+    A flag with the name of a shared one (``--data``) replaces it for that job."""
+
+    name: str
+    key: str
+    help: str = ""
+    type: Callable | None = None
+    action: str | None = None
+    choices: tuple | None = None
+    default: object = None
 
 
 @dataclass(frozen=True)
@@ -25,21 +43,31 @@ class Recipe:
     defaults: dict = field(default_factory=dict)
     preset: str | None = None  # default preset when none is given
     trains: bool = True  # has epochs, checkpoints and --resume
+    section: tuple[str, type] | None = None  # (config key, dataclass) of its own settings
+    command: tuple[str, ...] = ()  # default: (name,); ('detect', 'train') for a group
+    description: str = ""  # the command's longer help (default: help)
+    backbone: bool = False  # reads an encoder: --checkpoint, --model, --pool
+    flags: tuple[Flag, ...] = ()
+    api_args: tuple[str, ...] = ()  # positional arguments of the Python function
+    api_keys: dict = field(default_factory=dict)  # keyword -> config key (benchmark's data)
+    report: Callable | None = None  # (result) -> text the CLI prints after the run
+    tools: dict = field(default_factory=dict)  # other functions of its group (detect.predict)
+    order: int = 50  # place in `mimkit --help` (lower first)
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return self.command or (self.name,)
 
 
 def register(recipe: Recipe) -> Recipe:
     if recipe.name in _RECIPES:
         raise RuntimeError(f"recipe {recipe.name} registered twice")
     _RECIPES[recipe.name] = recipe
+    config_lib.register_job(recipe.name, recipe.section, recipe.defaults)
     return recipe
 
 
-def _load_all() -> None:
-    from .. import recipes  # noqa: F401  (importing the package registers every recipe)
-
-
 def get_recipe(name: str) -> Recipe:
-    _load_all()
     if name not in _RECIPES:
         close = difflib.get_close_matches(name, _RECIPES, n=1)
         hint = f": did you mean {close[0]}?" if close else ""
@@ -48,5 +76,20 @@ def get_recipe(name: str) -> Recipe:
 
 
 def recipe_names() -> list[str]:
-    _load_all()
     return sorted(_RECIPES)
+
+
+def recipes() -> list[Recipe]:
+    """Every registered job, by ``order`` then name."""
+    return sorted(_RECIPES.values(), key=lambda r: (r.order, r.name))
+
+
+def schema() -> type:
+    """The config schema: ``Config`` plus each registered job's section."""
+    return config_lib.schema()
+
+
+def load_config(preset=None, overrides=(), base=None, task: str = "pretrain", values=None):
+    """``config.load_config`` for a job (its section and defaults are registered there)."""
+    get_recipe(task)
+    return config_lib.load_config(preset, overrides, base, task=task, values=values)

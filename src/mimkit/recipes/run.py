@@ -10,7 +10,6 @@ the one Trainer.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from ..engine.trackers import select_loggers
 from ..errors import UserError
 from ..utils.io import atomic_write_text, remove_stale_temps
 from ..utils.rng import seed_all
-from .registry import get_recipe
+from .registry import get_recipe, load_config
 
 log = logging.getLogger("mimkit")
 
@@ -57,7 +56,7 @@ def resolve(
             base["out"] = str(path.parent)
         stored_data = _plain_data_location(base, path)
     preset = preset or (None if base else recipe.preset)
-    cfg = config_lib.load_config(preset, overrides, base=base, task=task, values=values)
+    cfg = load_config(preset, overrides, base=base, task=task, values=values)
     if resume:
         _data_from_checkpoint(cfg, stored_data)
     if trust:
@@ -79,9 +78,8 @@ def _plain_data_location(base: dict, path: Path) -> str | None:
 
 
 def is_plain_path(location: str) -> bool:
-    """A local path: no ``pipe:`` command and no URL scheme (``hf:DIR`` is a local folder)."""
-    s = location.removeprefix("hf:parquet:").removeprefix("hf:")
-    return not s.startswith("pipe:") and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s)
+    """A local path: no ``pipe:`` command and no URL (``hf:DIR`` is a local folder)."""
+    return not location.startswith("pipe:") and "://" not in location
 
 
 def _data_from_checkpoint(cfg: config_lib.Config, stored: str | None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-MAE_COLUMNS = (
+DEMO_COLUMNS = (
     ("original", "original"),
     ("masked", "masked"),
     ("recon", "reconstruction"),
@@ -16,7 +16,7 @@ MAE_COLUMNS = (
 
 
 def save_grid(
-    images: dict[str, torch.Tensor], path: str | Path, title: str = "", columns=MAE_COLUMNS
+    images: dict[str, torch.Tensor], path: str | Path, title: str = "", columns=DEMO_COLUMNS
 ) -> Path:
     """One row per image, one column per (key, label) of ``columns``, as a PNG.
     ``images[key]``: (N, 3, H, W) in [0, 1]; ``images['boxes']`` (N, M, 3) optional
