@@ -266,7 +266,7 @@ class Runner:
         from mimkit.engine.logging import RunLogger
         from mimkit.engine.loop import LoopConfig, Trainer
         from mimkit.engine.optim import adamw, weight_decay_groups
-        from mimkit.recipes.benchmark import SyntheticLoader
+        from mimkit.engine.timing import SyntheticLoader
         from mimkit.recipes.pretrain import PretrainTask
 
         if precision not in self.trainers:

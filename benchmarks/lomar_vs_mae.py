@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 import mimkit
-from mimkit.recipes.benchmark import device_name, measure_step
+from mimkit.engine.timing import device_name
+from mimkit.recipes.benchmark import measure_step
 from mimkit.recipes.pretrain import PretrainTask
 
 MODELS = {"mae": "mae_vit_base_patch16", "lomar": "lomar_vit_base_patch16"}

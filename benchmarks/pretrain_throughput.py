@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 import mimkit
-from mimkit.recipes.benchmark import device_name, measure_step
+from mimkit.engine.timing import device_name
+from mimkit.recipes.benchmark import measure_step
 from mimkit.recipes.pretrain import PretrainTask
 
 CASES = {  # name: (model, img_size, default batch on CPU, on GPU)

@@ -71,6 +71,7 @@ def test_python_and_cli_give_the_same_run(run, labeled_root, tmp_path):
     assert cfg_a == cfg_b
 
 
+@pytest.mark.slow
 def test_knn_linprobe_qscore_from_python(run, labeled_root, tmp_path):
     knn = mimkit.knn(run.checkpoint, data=labeled_root, out=tmp_path / "knn", **NO_CACHE)
     assert set(knn["per_k"]) == {"10", "20", "64"}  # k=200 clamps to the 64 train images
@@ -133,6 +134,7 @@ def test_finetune_and_train_from_python(run, labeled_root, tmp_path):
     assert torch.load(sup.checkpoint, weights_only=True)["model_name"] == "convmixer_256_8"
 
 
+@pytest.mark.slow
 def test_benchmark_from_python(tmp_path):
     b = mimkit.benchmark(
         "mae_vit_tiny_cifar",
@@ -146,6 +148,7 @@ def test_benchmark_from_python(tmp_path):
     assert b["train_flop_per_image"] > 0 and 0 < b["model_mfu"] < 1
 
 
+@pytest.mark.slow
 def test_detect_train_evaluate_predict_from_python(coco128, tmp_path):  # noqa: F811
     images, ann = coco128
     det = mimkit.detect.train(
@@ -212,6 +215,7 @@ def test_bad_input_raises_one_line_user_error(labeled_root, tmp_path, call, word
     assert not isinstance(e.value, SystemExit)
 
 
+@pytest.mark.slow
 def test_python_function_under_torchrun_trains_across_two_processes(tmp_path, image_folder):
     script = tmp_path / "job.py"
     script.write_text(

@@ -274,6 +274,7 @@ def test_qscore_with_an_undefined_auc_writes_strict_json(tmp_path, capsys):
 # ---------------------------------------------------------------------------- 15. ONNX in one file
 
 
+@pytest.mark.slow
 def test_onnx_export_is_one_file(tmp_path, tiny_mae_ckpt, capsys):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
@@ -291,6 +292,7 @@ def test_onnx_export_is_one_file(tmp_path, tiny_mae_ckpt, capsys):
     assert got.shape == (1, 32)
 
 
+@pytest.mark.slow
 def test_onnx_side_file_is_named_when_the_model_needs_one(tmp_path, mimkit_log, monkeypatch):
     pytest.importorskip("onnxscript")
     from mimkit.interop import export
@@ -383,6 +385,7 @@ def test_exif_orientation_in_tensor_cache_and_detection(tmp_path):
 # ------------------------------------------------------------------- 17. tracker conventions
 
 
+@pytest.mark.slow
 def test_mlflow_follows_its_environment_variables(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -410,6 +413,7 @@ def test_mlflow_follows_its_environment_variables(tmp_path, monkeypatch):
     assert MlflowClient(tracking_uri=explicit).get_experiment(run.info.experiment_id).name == "x"
 
 
+@pytest.mark.slow
 def test_wandb_follows_its_environment_variables(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     from mimkit.engine.logging import RunLogger

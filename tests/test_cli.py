@@ -177,6 +177,7 @@ def test_visualize_official_file(tmp_path, reference, image_folder, capsys):
     assert code == 0, err  # heads inferred (64 -> 1): still a valid model to draw from
 
 
+@pytest.mark.slow
 def test_every_command_has_help(capsys):
     proc = subprocess.run(
         [sys.executable, "-m", "mimkit", "--help"], capture_output=True, text=True

@@ -140,6 +140,7 @@ def test_supervised_training_lowers_the_loss_on_real_images(trained):
     assert json.loads((trained / "metrics.json").read_text())["num_images"] == 32
 
 
+@pytest.mark.slow
 def test_filters_picture_and_exports_match(trained, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     import onnxruntime as ort

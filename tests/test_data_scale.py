@@ -246,6 +246,7 @@ tdist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_two_processes_read_every_shard_sample_once_per_epoch(indexed_shards, tmp_path):
     """Under torchrun (2 gloo ranks x 2 workers, 8 shards of 8): the rank and world come
     from the process group, and each epoch every sample is read exactly once."""

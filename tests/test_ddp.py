@@ -4,11 +4,13 @@ import json
 import os
 import subprocess
 
+import pytest
 import torch
 
 from .conftest import TINY_MAE, TORCHRUN_MIMKIT
 
 
+@pytest.mark.slow
 def test_two_process_gloo_pretraining(tmp_path, image_folder):
     out = tmp_path / "run"
     cmd = [
@@ -43,6 +45,7 @@ def test_two_process_gloo_pretraining(tmp_path, image_folder):
     assert proc.stdout.count("epoch 2/2") + proc.stderr.count("epoch 2/2") == 1
 
 
+@pytest.mark.slow
 def test_fsdp_pretraining_saves_full_weights_and_resumes(tmp_path, image_folder):
     """train.fsdp=true with 2 gloo processes: checkpoints hold full (unsharded) tensors and a
     resumed run continues from them."""

@@ -148,6 +148,7 @@ def _pretrain(data, out, *extra):
     assert main(args) == 0
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path, image_folder):
     """2 epochs straight == 1 epoch, stop, resume, 1 epoch (also with 2 workers instead of 0)."""
     _pretrain(image_folder, tmp_path / "a", "--epochs", "2")

@@ -80,6 +80,7 @@ def test_knn_end_to_end_and_cached_second_run(
     assert set(m2["k"]) == {"3", "5"}
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_linear_probes_agree(
     tmp_path, labeled_root, tiny_mae_ckpt, cache, capsys
 ):
@@ -349,6 +350,7 @@ def test_bad_layouts_are_clear(tmp_path, labeled_root, tiny_mae_ckpt, capsys):
     assert "no backbone given" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_distributed_knn_counts_every_image_once(tmp_path, labeled_root, tiny_mae_ckpt):
     """2 gloo processes, 32 val images (an uneven split per rank is fine): the same numbers."""
     single = tmp_path / "single"

@@ -131,6 +131,7 @@ def test_official_layouts_with_plain_objects_still_load(tmp_path):
 # ---------------------------------------------------------------------------- 2. DDP fault
 
 
+@pytest.mark.slow
 def test_one_failing_rank_stops_the_whole_run_within_a_minute(tmp_path, image_folder):
     """Rank 0 fails writing a checkpoint (the target is a folder); rank 1 is already in the
     next step's all-reduce. Both must stop, non-zero, with the cause printed."""
@@ -179,6 +180,7 @@ def test_one_failing_rank_stops_the_whole_run_within_a_minute(tmp_path, image_fo
 # ---------------------------------------------------------------------------- 3. divergence
 
 
+@pytest.mark.slow
 def test_diverged_weights_never_replace_a_good_checkpoint(tmp_path, image_folder, capsys):
     out = tmp_path / "run"
     assert _pretrain(image_folder, out, "--epochs", 1) == 0
@@ -213,6 +215,7 @@ _WRITE_UNDER_LIMIT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_failed_write_names_the_cause_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "checkpoint-last.pth"
     torch.save({"w": torch.zeros(3)}, path)
@@ -229,6 +232,7 @@ def test_a_failed_write_names_the_cause_and_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-last.pth"]
 
 
+@pytest.mark.slow
 def test_cli_write_failure_is_one_line(tmp_path, image_folder):
     out = tmp_path / "run"
     args = ["pretrain", "--data", image_folder, "--out", out, "--epochs", 1, "--batch-size", 16]
@@ -371,6 +375,7 @@ def test_another_architecture_is_an_error_not_a_silent_no_op(tmp_path):
 _WALK = "from mimkit.data import folder_source; s = folder_source({!r}); print(len(s))"
 
 
+@pytest.mark.slow
 def test_symlink_loops_end_and_files_are_listed_once(tmp_path):
     root = tmp_path / "data"
     for cls in ("cat", "ship"):
@@ -640,6 +645,7 @@ def test_readme_predict_and_export_commands_run_as_written(tmp_path, tiny_mae_ck
     assert (exported / "model.safetensors").is_file() and (exported / "model.json").is_file()
 
 
+@pytest.mark.slow
 def test_lomar_encoder_export_says_what_works_and_it_does(tmp_path, image_folder, capsys):
     out = tmp_path / "lomar"
     code = main(

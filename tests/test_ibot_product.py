@@ -56,6 +56,7 @@ def test_pretrain_logs_both_losses_and_schedules(ibot_run):
     assert (ibot_run / "loss.png").is_file() and (ibot_run / "reconstructions.png").is_file()
 
 
+@pytest.mark.slow
 def test_resume_reproduces_a_straight_run(tmp_path, labeled_root, ibot_run):
     out = tmp_path / "b"
     assert _pretrain(labeled_root / "train", out, "--epochs", 2, "train.max_steps=4") == 0
@@ -66,6 +67,7 @@ def test_resume_reproduces_a_straight_run(tmp_path, labeled_root, ibot_run):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_teacher_goes_to_knn_visualize_and_probe(tmp_path, ibot_run, labeled_root, capsys):
     ckpt = ibot_run / "checkpoint-last.pth"
     knn = mimkit.knn(ckpt, data=labeled_root, out=tmp_path / "knn", **{"eval.cache_dir": "none"})
@@ -169,11 +171,12 @@ def test_official_files_through_load_checkpoint_into_ours_and_timm():
 _DDP_SCRIPT = r"""
 import sys, torch, torch.distributed as tdist
 import mimkit
-from mimkit.engine.distributed import wrap, unwrap
+from mimkit.utils.distributed import wrap, unwrap
 from mimkit.engine.loop import LoopConfig, Trainer
 from mimkit.engine.optim import adamw
 from mimkit.methods.ibot import IBOTTask
-from mimkit.recipes.benchmark import SyntheticLoader, synthetic_batch
+from mimkit.engine.timing import SyntheticLoader
+from mimkit.recipes.benchmark import synthetic_batch
 from mimkit.utils.distributed import init, rank, all_gather_object
 
 init(torch.device("cpu"))
@@ -202,6 +205,7 @@ tdist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_two_processes_keep_teacher_and_centres_identical(tmp_path):
     script = tmp_path / "ddp_ibot.py"
     script.write_text(_DDP_SCRIPT)
@@ -221,6 +225,7 @@ def test_two_processes_keep_teacher_and_centres_identical(tmp_path):
     assert "IDENTICAL" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_shipped_sample_pretrain_then_knn(tmp_path):
     """The README's iBOT commands on the shipped CIFAR-10 sample (a few steps)."""
     out = tmp_path / "ibot"

@@ -248,6 +248,7 @@ def test_visualize_and_finetune_a_lomar_checkpoint(lomar_ckpt, labeled_root, tmp
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 32
 
 
+@pytest.mark.slow
 def test_lomar_classifier_exports_to_torchscript_and_onnx(tmp_path):
     pytest.importorskip("onnxruntime")
     import onnxruntime as ort

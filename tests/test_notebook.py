@@ -9,6 +9,7 @@ import pytest
 from .conftest import ROOT
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch, labeled_root):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

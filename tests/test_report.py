@@ -332,6 +332,7 @@ def _hover_loss_chart(driver, runs: list[Path]) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_page_in_a_headless_browser(tmp_path, two_runs):
     browser = _browser()
     if browser is None:

@@ -100,6 +100,7 @@ def test_a_checkpoint_config_never_runs_its_data_command(tmp_path, image_folder,
     assert code == 0
 
 
+@pytest.mark.slow
 def test_a_resumed_run_says_where_its_data_comes_from(tmp_path, image_folder, mimkit_log):
     out = tmp_path / "run"
     args = ["--batch-size", "16", *TINY_MAE]
@@ -121,6 +122,7 @@ def test_saved_configs_hold_no_resolved_environment_secrets(tmp_path, image_fold
     assert not any(b"hunter2" in p.read_bytes() for p in saved)
 
 
+@pytest.mark.slow
 def test_files_written_atomically_honour_the_umask(tmp_path):
     """Issue 26 item 4: 0644 under umask 022, as a plain open() would write."""
     script = (

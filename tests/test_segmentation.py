@@ -309,6 +309,7 @@ def _shared_masks() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randint(0, 5, (6, 16, 16), generator=g), label
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_sum_to_the_single_process_scores(tmp_path):
     import torch.multiprocessing as mp
 

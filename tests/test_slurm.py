@@ -92,6 +92,7 @@ def test_local_job_of_2_tasks_resumes_after_preemption_to_the_same_weights(tmp_p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_cli_slurm_flag_submits_the_same_command(tmp_path, image_folder, capsys):
     pytest.importorskip("submitit")
     from mimkit.cli import main

@@ -211,6 +211,7 @@ def test_pretrain_runs_on_every_pipeline(tmp_path, image_folder, pipeline, monke
     assert [r["step"] for r in epochs if r["kind"] == "epoch"] == [4]
 
 
+@pytest.mark.slow
 def test_tensor_cache_pretraining_resumes_exactly(tmp_path, image_folder, monkeypatch):
     monkeypatch.setenv("MIMKIT_CACHE", str(tmp_path / "cache"))
     common = [
@@ -231,6 +232,7 @@ def test_tensor_cache_pretraining_resumes_exactly(tmp_path, image_folder, monkey
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_compile_switch_runs_a_step(tmp_path, image_folder):
     out = tmp_path / "run"
     assert (
@@ -399,6 +401,7 @@ def test_run_header_and_config_yaml_say_the_resolved_precision(
     assert state["step"] == 2 and math.isfinite(state["metrics"]["loss"])
 
 
+@pytest.mark.slow
 def test_evaluation_extracts_features_in_the_resolved_precision(
     tmp_path, labeled_root, tiny_mae_ckpt, monkeypatch, capsys
 ):
@@ -483,6 +486,7 @@ def test_attention_is_explicit_on_cpu_bf16_and_sdpa_otherwise(monkeypatch):
     assert type(model.blocks[0].attn).__module__ == "mimkit.layers.attention"
 
 
+@pytest.mark.slow
 def test_counted_flops_agree_with_the_mae_formula():
     """The one FLOP counter (FlopCounterMode on a real step) and the documented MAE formula
     agree within 5% on ViT-B/16 (the formula leaves out norms, softmax and the loss)."""

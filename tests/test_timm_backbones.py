@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import timm
 import torch
 from safetensors.torch import save_file
@@ -59,6 +60,7 @@ def test_resnet18_through_knn_and_linprobe(tmp_path, labeled_root):
     assert json.loads((tmp_path / "probe" / "metrics.json").read_text())["num_images"] == 32
 
 
+@pytest.mark.slow
 def test_local_timm_weights_file_is_what_the_backbone_holds(tmp_path, labeled_root):
     torch.manual_seed(3)
     ref = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
@@ -88,6 +90,7 @@ def test_local_timm_weights_file_is_what_the_backbone_holds(tmp_path, labeled_ro
     assert code == 0
 
 
+@pytest.mark.slow
 def test_finetuned_timm_classifier_predicts_and_exports(tmp_path, labeled_root, capsys):
     ft = tmp_path / "ft"
     code = _run(

@@ -139,6 +139,7 @@ def test_coco_targets_and_one_mask_rcnn_step_on_real_images(coco128):
     assert {"boxes", "labels", "scores", "masks"} <= set(out[0])
 
 
+@pytest.mark.slow
 def test_detect_train_eval_predict_from_an_mae_checkpoint(coco128, tmp_path, capsys):
     import json
 

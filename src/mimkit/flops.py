@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from .engine.precision import cpu_bf16
 from .utils.batch import batch_images
 
 FORMULA_VIT = (
@@ -98,3 +99,24 @@ def peak_tflops(device_name: str) -> float | None:
         if key.lower() in device_name.lower():
             return value
     return None
+
+
+def device_peak(device: torch.device, name: str, precision: str) -> dict:
+    """The peak MFU divides by: a GPU's dense bf16 datasheet figure; on a CPU the matmul
+    peak measured now for the run's precision (fp32, and bf16 where the CPU has native
+    bf16 or the run uses it). {'tflops', 'source', 'fp32'?, 'bf16'?}"""
+    if device.type == "cuda":
+        value = peak_tflops(name)
+        return {"tflops": value, "source": "datasheet dense bf16" if value else None, "bf16": value}
+    if device.type != "cpu":
+        return {"tflops": None, "source": None}
+    dtypes = ["fp32"]
+    if precision == "bf16" or cpu_bf16()[0]:
+        dtypes.append("bf16")
+    peaks = {d: round(measure_cpu_peak_tflops(d), 4) for d in dtypes}
+    used = "bf16" if precision == "bf16" else "fp32"
+    source = (
+        f"measured: fastest {used} GEMM ({'4096' if used == 'bf16' else '2048'}^2) on "
+        f"{torch.get_num_threads()} threads"
+    )
+    return {"tflops": peaks[used], "source": source, **peaks}

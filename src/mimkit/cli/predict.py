@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 from ..data.sources import collect_images
-from ..engine import distributed as dist
 from ..engine.logging import setup_console
 from ..errors import UserError
 from ..eval.predict import class_names, predict_files
 from ..interop.checkpoint import model_from_checkpoint, read_checkpoint
 from ..models import create_model
+from ..utils import distributed as dist
 from .common import add_trust_flag
 
 

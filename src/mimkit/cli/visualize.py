@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from ..data.sources import collect_images
-from ..engine import distributed as dist
 from ..engine.logging import setup_console
 from ..interop.checkpoint import model_from_checkpoint
 from ..methods import draw_picture
+from ..utils import distributed as dist
 from .common import add_trust_flag
 
 

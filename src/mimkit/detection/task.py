@@ -14,8 +14,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..data.datasets import seeded
-from ..engine import distributed as dist
 from ..engine import precision as precision_lib
+from ..utils import distributed as dist
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -19,13 +19,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import NonFiniteLossError, UserError
+from ..utils import distributed as dist
 from ..utils.batch import batch_images
-from ..utils.io import atomic_save
-from ..utils.rng import rng_state, set_rng_state
+from ..utils.rng import rng_state
 from ..version import __version__
-from . import distributed as dist
 from . import precision as precision_lib
-from .checkpoint import LAST, load_training_state
+from .checkpoint import check_weights, full_state_dicts, restore, saved_note, write_checkpoints
 from .logging import RunLogger
 from .optim import set_lr
 from .schedule import cosine_iter, lr_at, warmup_steps
@@ -123,39 +122,10 @@ class Trainer:
     # ------------------------------------------------------------------ public
     def resume(self, path: str | Path, trust: bool = False) -> None:
         """Restore model, optimizer, scaler, counters and RNG from a checkpoint."""
-        state = load_training_state(Path(path), trust=trust)
-        self._check_same_model(state, path)
-        if dist.is_fsdp(self.model):  # every rank holds the full dicts; each keeps its shard
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-            set_state_dict(
-                self.model,
-                self.optimizer,
-                model_state_dict=state["model"],
-                optim_state_dict=state["optimizer"],
-                options=StateDictOptions(full_state_dict=True),
-            )
-        else:
-            try:
-                dist.unwrap(self.model).load_state_dict(state["model"])
-                self.optimizer.load_state_dict(state["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as e:
-                why = "; ".join(self._arch_diffs(state)) or _first(e)
-                raise UserError(f"{path} does not fit this run's model: {why}") from None
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.state.epoch = state["epoch"] + 1
-        self.state.step = state.get("step", 0)
-        self.state.best = state.get("best", -math.inf)
-        rngs = state.get("rng") or []
-        if len(rngs) == dist.world_size():
-            set_rng_state(rngs[dist.rank()])
-        else:
-            log.warning(
-                "checkpoint was written by %d processes, now %d: random streams restart",
-                len(rngs),
-                dist.world_size(),
-            )
+        saved = restore(Path(path), self.model, self.optimizer, self.scaler, self.meta, trust)
+        self.state.epoch = saved["epoch"] + 1
+        self.state.step = saved.get("step", 0)
+        self.state.best = saved.get("best", -math.inf)
         self.logger.truncate(self.state.step, self.state.epoch)
         log.info(
             "resumed from %s after epoch %d (step %d); next: epoch %d/%d",
@@ -165,23 +135,6 @@ class Trainer:
             self.state.epoch + 1,
             self.cfg.epochs,
         )
-
-    def _check_same_model(self, state: dict, path) -> None:
-        """One line when the checkpoint holds another model than the run builds."""
-        mine = self.meta.get("model_name")
-        theirs = state.get("model_name")
-        if mine and theirs and mine != theirs:
-            raise UserError(f"{path} holds {theirs}, the config asks for {mine}")
-
-    def _arch_diffs(self, state: dict) -> list[str]:
-        ours, saved = self.meta.get("model_args"), state.get("model_args")
-        if not (isinstance(ours, dict) and isinstance(saved, dict)):
-            return []
-        return [
-            f"{k} {saved[k]} in the checkpoint vs {ours[k]} in the config"
-            for k in sorted(set(ours) & set(saved))
-            if saved[k] != ours[k]
-        ]
 
     def fit(self) -> dict:
         last = {}
@@ -339,50 +292,8 @@ class Trainer:
                 f"{self._saved_note()}"
             )
 
-    def _check_weights(self, epoch: int) -> None:
-        """Before any save: every parameter finite and below ``max_abs_weight`` (a diverged
-        update of the epoch's last step must not replace a good checkpoint)."""
-        worst, name = 0.0, None
-        for n, p in dist.unwrap(self.model).named_parameters():
-            t = p.detach()
-            t = t.to_local() if hasattr(t, "to_local") else t  # FSDP shard
-            if t.numel() == 0:
-                continue
-            m = t.abs().max().float()
-            m = math.inf if not torch.isfinite(m) else m.item()
-            if m > worst:
-                worst, name = m, n
-        worst_all = dist.all_gather_object(worst)
-        limit = self.cfg.max_abs_weight
-        bad = not all(math.isfinite(w) for w in worst_all) or (
-            limit is not None and max(worst_all) > limit
-        )
-        if bad:
-            what = "non-finite" if not math.isfinite(max(worst_all)) else f"{max(worst_all):.3g}"
-            where = f" (largest in {name})" if name and dist.is_main() else ""
-            raise NonFiniteLossError(
-                f"the weights diverged at epoch {epoch + 1}, step {self.state.step}: max |w| is "
-                f"{what}{where}, above train.max_abs_weight={limit}; {self._saved_note()}"
-            )
-
     def _saved_note(self) -> str:
-        """What is on disk, truthfully, for the stop messages."""
-        last = self.out_dir / LAST
-        if not last.is_file():
-            return f"nothing was saved and no checkpoint exists yet in {self.out_dir}"
-        done = self._saved_epoch(last)
-        at = f" (after epoch {done})" if done is not None else ""
-        return (
-            f"nothing was saved: {last}{at} is unchanged; once the cause is fixed, continue "
-            f"from it with --resume {self.out_dir} (resume= in Python)"
-        )
-
-    @staticmethod
-    def _saved_epoch(path: Path) -> int | None:
-        try:
-            return int(load_training_state(path)["epoch"]) + 1
-        except Exception:  # only for a message
-            return None
+        return saved_note(self.out_dir)
 
     def _note_bad(self, entries: list) -> None:
         for entry in entries:
@@ -415,19 +326,13 @@ class Trainer:
     def _out_of_steps(self) -> bool:
         return self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
 
-    def _state_dicts(self) -> tuple[dict, dict]:
-        """Full model and optimizer state (gathered from all ranks under FSDP)."""
-        if dist.is_fsdp(self.model):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_state_dict(self.model, self.optimizer, options=options)
-        return dist.unwrap(self.model).state_dict(), self.optimizer.state_dict()
-
     def _save(self, epoch: int, metrics: dict) -> None:
-        self._check_weights(epoch)
+        """Checkpoints of the finished epoch: last, numbered every ``save_every`` epochs
+        (and at the end), best by ``monitor``; never weights that diverged."""
+        where = f"epoch {epoch + 1}, step {self.state.step}"
+        check_weights(self.model, self.cfg.max_abs_weight, where, self._saved_note)
         rngs = dist.all_gather_object(rng_state())
-        model_sd, optim_sd = self._state_dicts()
+        model_sd, optim_sd = full_state_dicts(self.model, self.optimizer)
         if not dist.is_main():
             return
         improved = self._improved(metrics)
@@ -443,12 +348,9 @@ class Trainer:
             "mimkit_version": __version__,
             **self.meta,
         }
-        atomic_save(state, self.out_dir / LAST)
         done = epoch + 1
-        if done % self.cfg.save_every == 0 or done == self.cfg.epochs:
-            atomic_save(state, self.out_dir / f"checkpoint-{done:04d}.pth")
-        if improved:
-            atomic_save(state, self.out_dir / "checkpoint-best.pth")
+        numbered = done % self.cfg.save_every == 0 or done == self.cfg.epochs
+        write_checkpoints(self.out_dir, state, done if numbered else None, improved)
 
     def _improved(self, metrics: dict) -> bool:
         key = self.cfg.monitor
@@ -502,12 +404,6 @@ def to_device(batch, device: torch.device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
-
-
-def _first(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    text = lines[0] if lines else type(e).__name__
-    return text if len(text) < 200 else text[:197] + "..."
 
 
 def _fmt(stats: dict) -> str:

@@ -10,10 +10,10 @@ from timm.layers import trunc_normal_
 from timm.optim import Lars, param_groups_layer_decay
 from torch import nn
 
-from ..engine import distributed as dist
 from ..engine import precision as precision_lib
 from ..engine.optim import no_decay_names
 from ..errors import UserError
+from ..utils import distributed as dist
 from .features import encode
 from .metrics import classification_metrics
 

@@ -17,9 +17,9 @@ from tqdm import tqdm
 from ..data import ImageDataset
 from ..data.loader import eval_loader
 from ..data.sources import ImageSource
-from ..engine import distributed as dist
 from ..engine import precision as precision_lib
 from ..errors import UserError
+from ..utils import distributed as dist
 from ..utils.cache import files_fingerprint, weights_identity
 from ..utils.finite import first_non_finite
 from ..utils.io import atomic_save

@@ -25,10 +25,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..engine import distributed as dist
 from ..engine.optim import weight_decay_groups
 from ..errors import UserError
 from ..models.registry import model_class
+from ..utils import distributed as dist
 
 ALL_PIPELINES = ("files", "tensor_cache", "gpu_jpeg", "shards")
 

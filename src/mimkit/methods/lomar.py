@@ -201,9 +201,8 @@ class LoMaR(PretrainMethod):
         return "encoder_pred.weight" in sd and "patch_embed.proj.weight" in sd
 
     def infer_args(self, sd) -> tuple[str, dict]:
-        keep = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
-        args = infer_vit_args(sd)
-        return "lomar_vit", {k: args[k] for k in (*keep, "mlp_ratio") if k in args}
+        args = infer_vit_args(sd)  # LoMaR always has iRPE: rel_pos is not an argument
+        return "lomar_vit", {k: args[k] for k in ENCODER_KEYS if k in args and k != "rel_pos"}
 
     def picture(self, model, imgs, out: Path, generator, mask_ratio=None, **_) -> str:
         result = reconstruct_windows(model, imgs, generator)

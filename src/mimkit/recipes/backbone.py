@@ -11,7 +11,6 @@ from torch import nn
 
 from .. import config as config_lib
 from ..data import Splits, eval_transform
-from ..engine import distributed as dist
 from ..errors import UserError
 from ..eval.features import cached_extract, checkpoint_identity, extract, source_identity
 from ..eval.metrics import plot_confusion
@@ -19,6 +18,7 @@ from ..interop.checkpoint import LoadReport, model_from_checkpoint
 from ..models import create_encoder, is_pretrainer, preprocessing
 from ..models.timm_backbone import create_timm, is_timm_name
 from ..models.vit import encoder_args
+from ..utils import distributed as dist
 from ..utils.cache import cache_root
 from ..utils.io import write_json
 from .run import RunContext

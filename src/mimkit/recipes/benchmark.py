@@ -6,11 +6,8 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
-import os
-import platform
 import tempfile
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +15,22 @@ import torch
 
 from .. import config as config_lib
 from ..data.pipelines import open_pretrain_data
-from ..engine import distributed as dist
 from ..engine import precision as precision_lib
-from ..engine.loop import LoopConfig, Trainer, to_device
+from ..engine.loop import LoopConfig, Trainer
 from ..engine.optim import adamw, weight_decay_groups
+from ..engine.timing import (
+    SyntheticLoader,
+    device_name,
+    images_in,
+    profile_steps,
+    time_loader,
+    time_steps,
+)
 from ..errors import UserError
-from ..flops import count_step_flops, measure_cpu_peak_tflops, peak_tflops
+from ..flops import count_step_flops, device_peak
 from ..methods import Schedule, method_for
 from ..models import create_model, is_pretrainer
+from ..utils import distributed as dist
 from ..utils.batch import batch_images
 from ..utils.rng import seed_all
 from .detect import DetectConfig
@@ -43,21 +48,6 @@ class BenchConfig:
 
 
 # --------------------------------------------------------------------------- synthetic data
-
-
-class SyntheticLoader:
-    """Stands in for a DataLoader: the same device batch, endlessly."""
-
-    def __init__(self, batch: dict, batch_size: int):
-        self.batch, self.batch_size = batch, batch_size
-        self.sampler = range(10**9)
-
-    def __len__(self) -> int:
-        return 10**9
-
-    def __iter__(self):
-        while True:
-            yield dict(self.batch)
 
 
 def synthetic_batch(model, batch_size: int, device: torch.device, seed: int = 0) -> dict:
@@ -134,35 +124,6 @@ def make_trainer(task, model, device, precision: str, out_dir, batch: dict, batc
     return Trainer(task, model, optimizer, loader, device, loop, out_dir)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(trainer: Trainer, batches: Iterable, steps: int, warmup: int) -> dict:
-    """Images/s over ``steps`` training steps after ``warmup`` steps (data included)."""
-    it = iter(batches)
-    trainer.model.train()
-    for i in range(warmup):
-        trainer.step(_drop_bad(next(it)), index=i)
-    _sync(trainer.device)
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)
-    n, t0 = 0, time.perf_counter()
-    for i in range(steps):
-        batch = _drop_bad(next(it))
-        n += _images(batch)
-        trainer.step(batch, index=warmup + i)
-    _sync(trainer.device)
-    seconds = time.perf_counter() - t0
-    cuda = trainer.device.type == "cuda"
-    return {
-        "img_s": n / seconds,
-        "step_ms": 1000 * seconds / steps,
-        "peak_mem_gb": torch.cuda.max_memory_allocated(trainer.device) / 2**30 if cuda else None,
-    }
-
-
 def measure_step(
     task, model, make_batch: Callable[[], dict], device, precision: str, steps: int, warmup: int
 ) -> dict:
@@ -170,36 +131,8 @@ def measure_step(
     precision = precision_lib.resolve(precision, device)
     batch = make_batch()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(task, model, device, precision, tmp, batch, _images(batch))
+        trainer = make_trainer(task, model, device, precision, tmp, batch, images_in(batch))
         return time_steps(trainer, trainer.loader, steps, warmup) | {"precision": precision}
-
-
-def time_loader(loader, device: torch.device, steps: int, warmup: int) -> float:
-    """Images/s of a loader alone (batches moved to ``device``), cycling epochs if needed."""
-    it = itertools.chain.from_iterable(itertools.repeat(loader))
-    for _ in range(warmup):
-        to_device(_drop_bad(next(it)), device)
-    _sync(device)
-    n, t0 = 0, time.perf_counter()
-    for _ in range(steps):
-        batch = to_device(_drop_bad(next(it)), device)
-        n += _images(batch)
-    _sync(device)
-    return n / (time.perf_counter() - t0)
-
-
-def _images(batch: dict) -> int:
-    return len(batch_images(batch))
-
-
-def _drop_bad(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "bad"}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -279,59 +212,6 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> BenchmarkResult:
             )
     path.write_text(json.dumps(result, indent=2) + "\n")
     return BenchmarkResult(out=path.parent, metrics=result, config=cfg, json=path)
-
-
-def device_peak(device: torch.device, name: str, precision: str) -> dict:
-    """The peak MFU divides by: a GPU's dense bf16 datasheet figure; on a CPU the matmul
-    peak measured now for the run's precision (fp32, and bf16 where the CPU has native
-    bf16 or the run uses it). {'tflops', 'source', 'fp32'?, 'bf16'?}"""
-    if device.type == "cuda":
-        value = peak_tflops(name)
-        return {"tflops": value, "source": "datasheet dense bf16" if value else None, "bf16": value}
-    if device.type != "cpu":
-        return {"tflops": None, "source": None}
-    dtypes = ["fp32"]
-    if precision == "bf16" or precision_lib.cpu_bf16()[0]:
-        dtypes.append("bf16")
-    peaks = {d: round(measure_cpu_peak_tflops(d), 4) for d in dtypes}
-    used = "bf16" if precision == "bf16" else "fp32"
-    source = (
-        f"measured: fastest {used} GEMM ({'4096' if used == 'bf16' else '2048'}^2) on "
-        f"{torch.get_num_threads()} threads"
-    )
-    return {"tflops": peaks[used], "source": source, **peaks}
-
-
-def profile_steps(trainer: Trainer, steps: int, trace: Path, top: int = 10) -> dict:
-    """``steps`` more training steps under torch.profiler: a Chrome / Perfetto trace at
-    ``trace`` and the ``top`` operators by self time (device time on CUDA)."""
-    # Kineto's own log (read at its first use) says 'gpuGetDeviceCount failed' on a
-    # CPU-only machine running a CUDA build of torch: keep it quiet unless asked
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = trainer.device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    it = iter(trainer.loader)
-    with profile(activities=activities) as prof:
-        for i in range(steps):
-            trainer.step(_drop_bad(next(it)), index=i)
-        _sync(trainer.device)
-    prof.export_chrome_trace(str(trace))
-    self_time = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
-    events = [e for e in prof.key_averages() if self_time(e) > 0]
-    total = sum(self_time(e) for e in events) or 1.0
-    ranked = sorted(events, key=self_time, reverse=True)[:top]
-    rows = [
-        {
-            "op": e.key,
-            "self_ms_per_step": round(self_time(e) / 1e3 / steps, 3),
-            "share": round(self_time(e) / total, 4),
-            "calls_per_step": e.count / steps,
-        }
-        for e in ranked
-    ]
-    return {"trace": str(trace), "steps": steps, "time": "device" if cuda else "cpu", "top": rows}
 
 
 def _images_size(batch: dict) -> int:

@@ -15,12 +15,12 @@ from .. import config as config_lib
 from ..data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, eval_transform, open_splits
 from ..data.loader import eval_loader, train_loader
 from ..data.transforms import finetune_transform, linprobe_transform
-from ..engine import distributed as dist
 from ..engine.optim import adamw
 from ..errors import UserError
 from ..eval import classify as heads
 from ..eval.features import LastBlocks, set_pool
 from ..models import preprocessing
+from ..utils import distributed as dist
 from ..viz.curves import plot_curves
 from .backbone import load_backbone, split_features, write_metrics
 from .registry import Recipe, register

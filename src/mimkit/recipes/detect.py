@@ -22,7 +22,6 @@ from ..detection.task import (
     predict_coco,
 )
 from ..detection.vitdet import ViTDetBackbone
-from ..engine import distributed as dist
 from ..engine.optim import adamw
 from ..errors import UserError
 from ..eval.classify import layer_decay_groups
@@ -34,6 +33,7 @@ from ..interop.checkpoint import (
     read_checkpoint,
 )
 from ..models import create_encoder
+from ..utils import distributed as dist
 from ..utils.io import safe_torch_load, write_json
 from .registry import Recipe, register
 from .results import DetectResult

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from .. import config as config_lib
 from ..data import open_splits
-from ..engine import distributed as dist
 from ..eval.features import set_pool
 from ..eval.knn import knn_scores
 from ..eval.metrics import classification_metrics
+from ..utils import distributed as dist
 from .backbone import load_backbone, split_features, write_metrics
 from .registry import Recipe, register
 from .results import ClassifyResult

@@ -12,11 +12,11 @@ import torch
 from .. import config as config_lib
 from ..data.pipelines import build_pretrain_loader, open_pretrain_data
 from ..data.transforms import pretrain_transform
-from ..engine import distributed as dist
 from ..engine.optim import adamw
 from ..errors import UserError
 from ..methods import ForwardTask, Schedule, draw_picture, method_for
 from ..models import create_model
+from ..utils import distributed as dist
 from .registry import Recipe, register
 from .results import PretrainResult
 from .run import RunContext, fit, start

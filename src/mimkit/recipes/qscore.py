@@ -9,13 +9,13 @@ from pathlib import Path
 from .. import config as config_lib
 from ..data import eval_transform, open_source, open_splits
 from ..data.sources import scheme_for
-from ..engine import distributed as dist
 from ..errors import UserError
 from ..eval.features import extract, set_pool
 from ..eval.knn import knn_scores
 from ..eval.metrics import roc_auc
 from ..eval.qscore import qscore
 from ..models import preprocessing
+from ..utils import distributed as dist
 from ..utils.io import write_json
 from ..viz.curves import plot_qscore
 from .backbone import load_backbone, split_features

@@ -65,9 +65,9 @@ class PretrainResult(Result):
         from PIL import Image
 
         from ..data.sources import collect_images
-        from ..engine.distributed import resolve_device
         from ..interop.checkpoint import model_from_checkpoint
         from ..methods import draw_picture
+        from ..utils.distributed import resolve_device
 
         if images is None:
             images = [self.config.data.path]

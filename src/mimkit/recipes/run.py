@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from .. import config as config_lib
-from ..engine import distributed as dist
 from ..engine import precision as precision_lib
 from ..engine.checkpoint import LAST, load_training_state, resume_path
 from ..engine.logging import RunLogger, setup_console
@@ -25,6 +24,7 @@ from ..engine.loop import LoopConfig, Trainer
 from ..engine.schedule import effective_lr
 from ..engine.trackers import select_loggers
 from ..errors import UserError
+from ..utils import distributed as dist
 from ..utils.io import atomic_write_text, remove_stale_temps
 from ..utils.rng import seed_all
 from .registry import get_recipe, load_config

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..engine import precision as precision_lib
-from ..engine.distributed import unwrap
+from ..utils.distributed import unwrap
 from .heads import resize
 from .metrics import ConfusionMatrix
 from .transforms import MEAN, STD, normalize, rescale_size

@@ -1,4 +1,5 @@
-"""Rank logic: who am I, how many are we, and joining/leaving the process group.
+"""Rank logic (who am I, how many are we, joining and leaving the process group) and
+wrapping a model for several processes (DDP, FSDP2) and torch.compile.
 
 Launch with ``torchrun``; a plain ``python`` is world size 1 and every helper is a no-op.
 """
@@ -11,6 +12,9 @@ import os
 
 import torch
 import torch.distributed as tdist
+from torch import nn
+
+from ..errors import UserError
 
 
 def is_initialized() -> bool:
@@ -113,8 +117,6 @@ def interleave(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def resolve_device(spec: str) -> torch.device:
     """'auto' -> this rank's GPU when CUDA works, else CPU."""
-    from ..errors import UserError
-
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda"):
@@ -129,3 +131,42 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device(spec)
     except RuntimeError:
         raise UserError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N") from None
+
+
+# ---------------------------------------------------------------------------- wrapping
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP / torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def wrap(model: nn.Module, device: torch.device, fsdp: bool = False, compile: bool = False):
+    """DDP (or FSDP2 sharding per transformer block) when distributed, then torch.compile."""
+    if fsdp:
+        if not is_initialized():
+            raise UserError("train.fsdp needs several processes: launch with torchrun")
+        from torch.distributed.fsdp import fully_shard
+
+        for name in ("blocks", "decoder_blocks"):
+            for block in getattr(model, name, []):
+                fully_shard(block)
+        fully_shard(model)
+    elif world_size() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(model) if compile else model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # older torch
+        return False
+    return isinstance(unwrap(model), FSDPModule)

@@ -14,7 +14,7 @@ import torch
 from ...data.multicrop import MultiCropTransform
 from ...data.transforms import denormalize
 from ...masking import block_mask
-from ...models.vit import infer_vit_args
+from ...models.vit import ENCODER_KEYS, infer_vit_args
 from ...viz.recon import colour_ids, save_grid
 from ..base import LoaderParts, PretrainMethod, TrainingParts, register_method
 from .backbone import IBOTViT
@@ -100,11 +100,10 @@ class IBOTMethod(PretrainMethod):
         """An official iBOT file's architecture from its shapes: the teacher backbone's
         ViT and the student head's sizes (training-only settings keep their defaults)."""
         vit = infer_vit_args(backbone_state_dict(sd, "teacher"))
-        keep = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
         head = "student.head."
         layers = [k for k in sd if k.startswith(head + "mlp.") and k.endswith(".weight")]
         v = sd[head + "last_layer.weight_v"]
-        args = {k: vit[k] for k in (*keep, "mlp_ratio") if k in vit}
+        args = {k: vit[k] for k in ENCODER_KEYS if k in vit and k != "rel_pos"}
         args.update(
             out_dim=v.shape[0],
             head_bottleneck_dim=v.shape[1],

@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...engine import distributed as dist
 from ...engine.optim import dino_param_groups
 from ...models.registry import register_model
 from ...models.vit import ENCODER_KEYS, VIT_SIZES
+from ...utils import distributed as dist
 from .backbone import IBOTViT
 from .head import IBOTHead, IBOTNet
 from .loss import ibot_loss

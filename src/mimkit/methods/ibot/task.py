@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...engine import distributed as dist
 from ...engine.optim import clip_grad_per_param_
 from ...engine.schedule import cosine_iter_array, per_epoch_warmup
+from ...utils import distributed as dist
 
 
 class IBOTTask:
