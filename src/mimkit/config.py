@@ -118,6 +118,9 @@ class TrainConfig:
     mlflow_uri: str | None = None  # default: sqlite database in <run>/mlruns
     mlflow_experiment: str | None = None  # default MLFLOW_EXPERIMENT_NAME, else 'mimkit'
     max_steps: int | None = None  # stop early (smoke runs)
+    # a wall-clock budget ('15m', '2h', '90s' or seconds): the run times its first steps
+    # and sizes every schedule to end at the budget (epochs become a consequence)
+    time_budget: str | None = None
     dist_timeout_min: float = 10.0  # a collective waiting longer fails instead of hanging
     max_abs_weight: float | None = 1e4  # weights beyond count as diverged and are not saved
 
