@@ -285,7 +285,7 @@ def adapt_state_dict(sd: dict, model: nn.Module, report: LoadReport) -> dict:
         if key.endswith("pos_embed") and value.ndim == 3:
             sd[key] = _resize_pos_embed(value, own[key])
             report.reshaped.append(f"{key} {_grid(value)} -> {_grid(own[key])}")
-        elif resized := _resize_other(key, value, own[key], model):
+        elif (resized := _resize_other(key, value, own[key], model)) is not None:
             sd[key] = resized
             report.reshaped.append(f"{key} {tuple(value.shape)} -> {tuple(own[key].shape)}")
         elif key.startswith("head."):
