@@ -10,17 +10,21 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import mimkit
 from mimkit.cli import main
 
-from .conftest import CIFAR_MINI
+from .conftest import CIFAR_MINI, TINY_MAE
 
 TINY_VIT = ["model.name=vit_tiny_cifar", "data.num_workers=0"]
 
@@ -435,3 +439,175 @@ def test_wandb_follows_its_environment_variables(tmp_path, monkeypatch):
     records = _complete_wandb_records(run_file)
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.project, run.entity) == ("env-project", "env-team")
+
+
+# ------------------------------------------------------------------ 7. two runs, one folder
+
+_TINY_RUN = ["--epochs", "4", "--batch-size", "8", *TINY_MAE]
+
+
+def _start_run(data: Path, cwd: Path, *args) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mimkit", "pretrain", "--data", str(data), *args, *_TINY_RUN]
+    env = {**os.environ, "PYTHONPATH": str(Path(mimkit.__file__).parents[1])}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _epochs(log: Path) -> list[int]:
+    rows = [json.loads(line) for line in log.read_text().splitlines()]  # each line whole
+    return [r["epoch"] for r in rows if r.get("kind") == "epoch"]
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_running_runs_folder_is_refused(tmp_path, image_folder):
+    """Two `pretrain --out runs/x` a fraction of a second apart: one trains, the other is
+    one line naming the process that holds the folder (before: both exit 0, one log.jsonl
+    interleaved, the second run's checkpoints over the first's)."""
+    out = tmp_path / "x"
+    first = _start_run(image_folder, tmp_path, "--out", out)
+    time.sleep(0.3)
+    second = _start_run(image_folder, tmp_path, "--out", out)
+    runs = {p.pid: (p.wait(timeout=300), p.stderr.read()) for p in (first, second)}
+    codes = sorted(code for code, _ in runs.values())
+    assert codes == [0, 2], runs
+    winner = next(pid for pid, (code, _) in runs.items() if code == 0)
+    err = next(err for code, err in runs.values() if code == 2)
+    assert _one_error_line(err) and f"pid {winner}" in _error(err) and str(out) in _error(err)
+    assert _epochs(out / "log.jsonl") == [1, 2, 3, 4]
+    assert not (out / ".run.lock").exists()  # freed when the run ended
+
+
+@pytest.mark.slow
+def test_two_runs_without_out_get_their_own_folders(tmp_path, image_folder):
+    """Without --out both used to write runs/<name> (it held no checkpoint-last.pth yet)."""
+    first = _start_run(image_folder, tmp_path, "--name", "twin")
+    time.sleep(0.3)
+    second = _start_run(image_folder, tmp_path, "--name", "twin")
+    for p in (first, second):
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    for folder in ("twin", "twin-2"):
+        assert _epochs(tmp_path / "runs" / folder / "log.jsonl") == [1, 2, 3, 4]
+
+
+def test_a_run_folder_in_use_is_one_line_naming_the_process(tmp_path, image_folder, capsys):
+    """A folder locked by a live run (here: this process, through another open file) is
+    refused before anything is written in it; the lock goes with the run."""
+    import socket
+
+    from mimkit.utils.runlock import lock_run_dir
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    held = lock_run_dir(out)
+    args = ["pretrain", "--data", image_folder, "--out", out, "--epochs", 1, *TINY_MAE]
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and _one_error_line(err), err
+    line = _error(err)
+    assert f"pid {os.getpid()}" in line and socket.gethostname() in line and str(out) in line
+    assert sorted(p.name for p in out.iterdir()) == [".run.lock"]  # no config.yaml
+    held.release()
+    assert not (out / ".run.lock").exists()
+    code, _, err = _run(capsys, *args)
+    assert code == 0, err
+
+
+def test_a_crashed_runs_lock_is_released_by_the_os(tmp_path):
+    from mimkit.utils.runlock import lock_run_dir
+
+    script = (
+        "import os, sys; from mimkit.utils.runlock import lock_run_dir; "
+        "held = lock_run_dir(sys.argv[1]); print('locked', flush=True); os._exit(1)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(mimkit.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert done.stdout.strip() == "locked", done.stderr
+    assert (tmp_path / ".run.lock").exists()  # left behind by the crash, but not locked
+    lock_run_dir(tmp_path).release()
+
+
+def test_a_default_run_folder_that_exists_is_not_reused(tmp_path, image_folder, capsys):
+    """runs/<name> made by a run still starting (no checkpoint yet) is not written into."""
+    (Path("runs") / "busy").mkdir(parents=True)
+    args = ["pretrain", "--data", image_folder, "--name", "busy", "--epochs", 1, *TINY_MAE]
+    code, _, err = _run(capsys, *args)
+    assert code == 0, err
+    assert list((Path("runs") / "busy").iterdir()) == []
+    assert (Path("runs") / "busy-2" / "checkpoint-last.pth").is_file()
+
+
+# ---------------------------------------------------------------------------- 12. one clear line
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, image_folder, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    code, _, err = _run(capsys, "pretrain", "--data", image_folder, "--out", out, *TINY_MAE)
+    assert code == 2 and _one_error_line(err), err
+    assert str(out) in _error(err) and "a file" in _error(err)
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("override", ["optim.lr=-0.1", "optim.blr=-1e-3", "optim.lr=nan"])
+def test_a_negative_or_nan_learning_rate_is_one_line(tmp_path, image_folder, capsys, override):
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", image_folder, "--out", out, override, *TINY_MAE]
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and _one_error_line(err), err
+    assert f"'{override.split('=')[0]}'" in _error(err)
+    assert not out.exists()  # nothing written: no config.yaml left behind
+
+
+_OOMS = {
+    "cpu": lambda: RuntimeError(
+        "DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 "
+        "bytes. Error code 12 (Cannot allocate memory)"
+    ),
+    "cuda": lambda: torch.cuda.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.15 GiB total capacity)"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_OOMS))
+def test_out_of_memory_names_the_batch_size_and_what_to_lower(
+    tmp_path, image_folder, capsys, monkeypatch, kind
+):
+    model_cls = type(mimkit.create_model("mae_vit_tiny_cifar"))
+
+    def forward(self, *a, **k):
+        raise _OOMS[kind]()
+
+    monkeypatch.setattr(model_cls, "forward", forward)
+    args = ["pretrain", "--data", image_folder, "--out", tmp_path / "a", "--batch-size", 8]
+    code, _, err = _run(capsys, *args, "--epochs", 1, *TINY_MAE)
+    assert code == 2 and _one_error_line(err), err
+    line = _error(err)
+    assert "out of memory" in line and "data.batch_size=8" in line, line
+    assert "--batch-size" in line and "optim.accum_iter" in line, line
+    # the same as a UserError in Python; the folder's lock is freed after the failure
+    kw = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in TINY_MAE)}
+    for _ in range(2):
+        with pytest.raises(mimkit.UserError, match=r"out of memory.*data.batch_size=8"):
+            mimkit.pretrain(data=image_folder, out=tmp_path / "b", batch_size=8, epochs=1, **kw)
+
+
+# ---------------------------------------------------------------------------- 18. inexact resume
+
+
+def test_resuming_with_other_data_or_batch_size_says_it_is_not_exact(
+    tmp_path, tiny_mae_ckpt, labeled_root, capsys, mimkit_log
+):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_mae_ckpt.parent, run)
+    args = ["pretrain", "--resume", run, "--epochs", 2, *TINY_MAE]
+    code, _, err = _run(capsys, *args, "--batch-size", 8, "--data", labeled_root / "val")
+    assert code == 0, err
+    notes = [line for line in mimkit_log.lines if "not exact" in line]
+    assert len(notes) == 1, mimkit_log.text
+    assert "data.batch_size 16 -> 8" in notes[0], notes[0]
+    assert f"{labeled_root / 'train'} -> {labeled_root / 'val'}" in notes[0], notes[0]
+    mimkit_log.lines.clear()
+    code, _, err = _run(capsys, *args[:3], "--epochs", 3, *TINY_MAE)  # same data: no note
+    assert code == 0, err
+    assert not [line for line in mimkit_log.lines if "not exact" in line], mimkit_log.text

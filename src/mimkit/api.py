@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 from .errors import UserError
 from .recipes import get_recipe, recipes
-from .recipes.run import resolve
+from .recipes.run import execute, resolve
 
 # keyword -> config key (the CLI flags' names)
 SHORT_KEYS = {
@@ -72,7 +72,7 @@ def run_job(
     _check_keywords(recipe.name, kwargs)
     values = _values(kwargs, recipe.api_keys)
     cfg, resume_path = resolve(task, config, values=values, resume=resume, trust=trust)
-    return recipe.run(cfg, resume_path)
+    return execute(recipe, cfg, resume_path)
 
 
 def _check_keywords(job: str, kwargs: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import re
 from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
@@ -379,8 +380,15 @@ def validate(cfg: Config) -> None:
             f"config key 'train.max_abs_weight' must be above 0 (null turns the check off), "
             f"got {cfg.train.max_abs_weight}"
         )
-    if cfg.train.epochs < 0 or cfg.data.num_workers < 0:
-        raise UserError("config keys 'train.epochs' and 'data.num_workers' must not be negative")
+    for key, value in (
+        ("train.epochs", cfg.train.epochs),
+        ("data.num_workers", cfg.data.num_workers),
+    ):
+        if value < 0:
+            raise UserError(f"config key '{key}' must not be negative, got {value}")
+    for key, value in (("optim.lr", cfg.optim.lr), ("optim.blr", cfg.optim.blr)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"config key '{key}' must be a finite number >= 0, got {value}")
     if any(k < 1 for k in cfg.eval.knn_k):
         raise UserError(
             f"config key 'eval.knn_k' must hold positive integers, got {cfg.eval.knn_k}"

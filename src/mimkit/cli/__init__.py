@@ -16,6 +16,7 @@ import sys
 
 from ..errors import NonFiniteLossError, UserError, one_line
 from ..recipes import recipes
+from ..recipes.run import is_out_of_memory, memory_reason
 from ..utils import distributed
 from ..utils.io import WriteError
 from ..version import __version__
@@ -75,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         _say("error", f"{e.filename or 'a file'}: {e.strerror}")
     except NonFiniteLossError as e:
         _say("stopped", str(e))
+    except RuntimeError as e:  # keep last of the RuntimeErrors: it re-raises all others
+        if not is_out_of_memory(e):  # a job's run says its batch size (recipes.run.execute)
+            raise
+        batch = getattr(args, "batch_size", None)
+        fix = f"lower --batch-size (now {batch})" if batch else "give it fewer images at once"
+        _say("error", f"out of memory ({memory_reason(e)}): {fix}")
     except KeyboardInterrupt:
         _say("interrupted", "continue a training run with --resume RUN_FOLDER")
         code = 130

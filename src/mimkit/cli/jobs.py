@@ -7,6 +7,7 @@ import argparse
 
 from ..engine.logging import setup_console
 from ..recipes.registry import Recipe
+from ..recipes.run import execute
 from .common import add_trust_flag, resolve_config
 
 
@@ -23,7 +24,7 @@ def _job_command(recipe: Recipe):
         setup_console()
         resolved = resolve_config(args, recipe.name)
         if resolved is not None:
-            result = recipe.run(*resolved)
+            result = execute(recipe, *resolved)
             if recipe.report is not None:
                 print(recipe.report(result))
         return 0

@@ -9,7 +9,10 @@ the one Trainer.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from ..errors import UserError
 from ..utils import distributed as dist
 from ..utils.io import atomic_write_text, remove_stale_temps
 from ..utils.rng import seed_all
+from ..utils.runlock import RunLock, lock_run_dir
 from .registry import get_recipe, load_config
 
 log = logging.getLogger("mimkit")
@@ -55,15 +59,112 @@ def resolve(
         if not has_out:
             base["out"] = str(path.parent)
         stored_data = _plain_data_location(base, path)
+        saved = {key: _get(base, key) for key in _EXACT_KEYS} | {"data.path": stored_data}
     preset = preset or (None if base else recipe.preset)
     cfg = load_config(preset, overrides, base=base, task=task, values=values)
     if resume:
         _data_from_checkpoint(cfg, stored_data)
+        _note_inexact_resume(saved, cfg)
     if trust:
         cfg.trust_checkpoint = True
     if path and task == "pretrain" and saved_model and saved_model != cfg.model.name:
         raise UserError(f"{path} holds {saved_model}, the config asks for {cfg.model.name}")
     return cfg, path
+
+
+def execute(recipe, cfg: config_lib.Config, resume: Path | None = None):
+    """Run a job's recipe as the CLI and the Python API do: the run folder's lock is freed
+    when the run ends, however it ends, and running out of memory is a one-line UserError
+    that names the batch size and what to lower."""
+    before = set(_LIVE)
+    try:
+        return recipe.run(cfg, resume)
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        reason = memory_reason(e)
+    finally:
+        for lock in set(_LIVE) - before:
+            lock.release()
+    # raised out here, not from the except block: the failed step's tensors are freed
+    raise UserError(_lower_the_batch(cfg, recipe.trains, reason))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA), or the CPU allocator's / MPS's RuntimeError."""
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or any(
+        s in text for s in ("can't allocate memory", "out of memory")
+    )
+
+
+def memory_reason(e: BaseException) -> str:
+    """'it tried to allocate 2.00 GiB' from an allocator's message (else its first line)."""
+    text = str(e)
+    found = re.search(r"tried to allocate ([\d.]+ ?[KMGT]i?B|\d+ bytes)", text, re.I)
+    if found is None:
+        return (text.strip().splitlines() or [type(e).__name__])[0][:120]
+    amount = found.group(1)
+    if amount.endswith(" bytes"):
+        amount = f"{int(amount.split()[0]) / 2**30:.2f} GiB"
+    return f"it tried to allocate {amount}"
+
+
+def _lower_the_batch(cfg: config_lib.Config, trains: bool, reason: str) -> str:
+    b, accum, eval_b = cfg.data.batch_size, cfg.optim.accum_iter, cfg.eval.batch_size
+    if not trains:
+        return (
+            f"out of memory at data.batch_size={b} / eval.batch_size={eval_b} per process "
+            f"({reason}): lower --batch-size or eval.batch_size"
+        )
+    effective = b * accum * dist.world_size()
+    return (
+        f"out of memory at data.batch_size={b} per process ({reason}): lower --batch-size; "
+        f"optim.accum_iter keeps the effective batch of {effective} "
+        f"(e.g. --batch-size {max(b // 2, 1)} optim.accum_iter={accum * 2})"
+    )
+
+
+# what an exact continuation keeps: the data and its order, the steps and their batches
+_EXACT_KEYS = (
+    "data.path",
+    "data.file_list",
+    "data.num_samples",
+    "data.batch_size",
+    "optim.accum_iter",
+)
+
+
+_ABSENT = object()  # a key an older run's config lacks
+
+
+def _get(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree.get(part, _ABSENT) if isinstance(tree, dict) else _ABSENT
+    return tree
+
+
+def _note_inexact_resume(saved: dict, cfg: config_lib.Config) -> None:
+    """One warning line when a resumed run reads other data or batches than the run did
+    (honoured, but the continuation is no longer the run it would have been)."""
+    now = config_lib.to_dict(cfg)
+    changed = [
+        f"{key} {saved[key]} -> {_get(now, key)}"
+        for key in _EXACT_KEYS
+        if saved[key] is not _ABSENT and not _same_value(saved[key], _get(now, key))
+    ]
+    if changed:
+        log.warning(
+            "resuming with %s: the continuation is not exact (the run's data order, steps "
+            "and lr were set for the old values)",
+            ", ".join(changed),
+        )
+
+
+def _same_value(old, new) -> bool:
+    if isinstance(old, str) and isinstance(new, str) and is_plain_path(old) and is_plain_path(new):
+        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+    return old == new
 
 
 def _plain_data_location(base: dict, path: Path) -> str | None:
@@ -104,6 +205,7 @@ class RunContext:
     resume: Path | None = None
     out: Path | None = None
     _logger: RunLogger | None = None
+    _lock: RunLock | None = None  # rank 0's lock on the run folder, held while the run runs
     precision_reason: str = "set"  # why: 'auto: CPU has AMX/AVX512-BF16', ...
     lr_batch: int = 256  # the batch optim.blr is given for (a method's rule: 256, 512)
 
@@ -119,7 +221,7 @@ class RunContext:
 
     def run_dir(self) -> Path:
         if self.out is None:
-            self.out = prepare_run_dir(self.cfg, resuming=self.resume is not None)
+            self.out, self._lock = prepare_run_dir(self.cfg, resuming=self.resume is not None)
         return self.out
 
     def loop_config(self, lr: float, monitor: str | None = None, **changes) -> LoopConfig:
@@ -184,26 +286,60 @@ def start(cfg: config_lib.Config, resume: Path | None = None) -> RunContext:
     return RunContext(cfg, device, resolved.precision, resume, precision_reason=resolved.reason)
 
 
-def prepare_run_dir(cfg: config_lib.Config, resuming: bool) -> Path:
-    """runs/<name> by default (numbered if taken); an explicit ``out`` holding a run is
-    refused unless resuming, so a new run never overwrites another's checkpoints. Temp
+def prepare_run_dir(cfg: config_lib.Config, resuming: bool) -> tuple[Path, RunLock | None]:
+    """runs/<name> by default (a fresh runs/<name>-N when it exists); an explicit ``out``
+    holding a run is refused unless resuming, so a new run never overwrites another's
+    checkpoints. Rank 0 locks the folder for the life of the run: a second run into it
+    is refused while this one runs (the lock is returned; dropping it frees it). Temp
     files of an interrupted write are removed."""
-    if cfg.out and not resuming and (Path(cfg.out) / LAST).exists():
-        raise UserError(
-            f"{cfg.out} already holds a run: continue it with --resume {cfg.out} "
-            "(resume= in Python), or choose another --out (out=)"
-        )
-    out = Path(dist.broadcast_object(str(planned_run_dir(cfg))))
+    claimed, lock = None, None
+    if dist.is_main():
+        try:
+            out, lock = _claim_run_dir(cfg, resuming)
+            claimed = str(out)
+        except UserError as e:
+            claimed = e
+    claimed = dist.broadcast_object(claimed)  # every rank stops on rank 0's error
+    if isinstance(claimed, UserError):
+        raise UserError(str(claimed))
+    out = Path(claimed)
     cfg.out = str(out)
     if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
         stale = remove_stale_temps(out)
         if stale:
             log.info("removed %d temp files of an interrupted write in %s", len(stale), out)
         if not resuming:  # a resumed run's config is written once its checkpoint loaded
             save_config(cfg)
     dist.barrier()
-    return out
+    return out, lock
+
+
+# the run folder locks this process holds (`execute` frees those of its run, however the
+# run ends; a run's context holds its lock, so a lock also goes with its run's context)
+_LIVE: weakref.WeakSet[RunLock] = weakref.WeakSet()
+
+
+def _claim_run_dir(cfg: config_lib.Config, resuming: bool) -> tuple[Path, RunLock]:
+    """Make (or, for ``out``, take) the run folder and lock it (rank 0)."""
+    if cfg.out:
+        out = Path(cfg.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file: a run writes a folder; choose another --out")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot make the run folder {out}: {e.strerror}") from None
+    else:  # claimed by mkdir, which only one process can win for a name
+        out = _free_dir(Path("runs") / (cfg.name or cfg.task), claim=True)
+    lock = lock_run_dir(out)
+    if cfg.out and not resuming and (out / LAST).exists():
+        lock.release()
+        raise UserError(
+            f"{cfg.out} already holds a run: continue it with --resume {cfg.out} "
+            "(resume= in Python), or choose another --out (out=)"
+        )
+    _LIVE.add(lock)
+    return out, lock
 
 
 def save_config(cfg: config_lib.Config) -> None:
@@ -217,13 +353,24 @@ def planned_run_dir(cfg: config_lib.Config) -> Path:
     return Path(cfg.out) if cfg.out else _free_dir(Path("runs") / (cfg.name or cfg.task))
 
 
-def _free_dir(path: Path) -> Path:
-    if not (path / LAST).exists():
-        return path
-    n = 2
-    while (path.parent / f"{path.name}-{n}" / LAST).exists():
-        n += 1
-    return path.parent / f"{path.name}-{n}"
+def _free_dir(path: Path, claim: bool = False) -> Path:
+    """``path``, else ``path-2``, ``path-3``...: the first that does not exist (an existing
+    folder may belong to a run still starting, before its first checkpoint). With
+    ``claim`` the folder is made here: of two runs starting together, one gets each."""
+    for n in itertools.count(1):
+        candidate = path if n == 1 else path.parent / f"{path.name}-{n}"
+        if not claim:
+            if not candidate.exists():
+                return candidate
+            continue
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot make the run folder {candidate}: {e.strerror}") from None
+    raise AssertionError("unreachable")
 
 
 @dataclass
