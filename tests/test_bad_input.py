@@ -592,6 +592,70 @@ def test_out_of_memory_names_the_batch_size_and_what_to_lower(
             mimkit.pretrain(data=image_folder, out=tmp_path / "b", batch_size=8, epochs=1, **kw)
 
 
+# ---------------------------------------------------------------------------- 13. shard counts
+
+
+def test_shard_index_counting_more_samples_than_the_shards_hold_is_named(
+    tmp_path, image_folder, mimkit_log
+):
+    from mimkit.data import folder_source
+    from mimkit.data.shards import ShardDataset, write_shards
+
+    folder = tmp_path / "shards"
+    write_shards(folder_source(image_folder), folder, shard_size=32)
+    index = json.loads((folder / "shards.json").read_text())
+    index["counts"] = [320, 320]  # ten times what the two shards hold
+    (folder / "shards.json").write_text(json.dumps(index))
+    ds = ShardDataset(folder, lambda img: 0, seed=0, rank=0, world=1)
+    assert len(list(ds)) == 640  # what the index promises (each sample read ten times)
+    warnings = [line for line in mimkit_log.lines if "640" in line]
+    assert len(warnings) == 1, mimkit_log.text
+    assert str(folder) in warnings[0] and "64" in warnings[0].replace("640", "")
+
+
+# ------------------------------------------------------------------ 14. misleading messages
+
+
+def test_negative_num_workers_names_only_that_key(capsys):
+    code, _, err = _run(capsys, "pretrain", "--dry-run", "data.num_workers=-1")
+    assert code == 2 and _one_error_line(err), err
+    assert "data.num_workers" in _error(err) and "train.epochs" not in _error(err)
+
+
+def test_a_pipe_without_num_samples_is_not_said_to_lack_an_index(tmp_path):
+    from mimkit.data.shards import open_shards
+
+    with pytest.raises(mimkit.UserError) as e:
+        open_shards(f"pipe:cat {tmp_path}/shard-{{000000..000001}}.tar")
+    assert "data.num_samples" in str(e.value) and "has no shards.json" not in str(e.value)
+    assert "URL or pipe" in str(e.value)
+
+
+def test_unknown_keywords_get_only_close_suggestions(image_folder):
+    with pytest.raises(mimkit.UserError) as e:
+        mimkit.pretrain(data=image_folder, epoch=3)
+    assert "did you mean 'epochs'" in str(e.value) and "bench" not in str(e.value)
+    with pytest.raises(mimkit.UserError) as e:  # a section given a number
+        mimkit.pretrain(data=image_folder, bench=3)
+    assert "did you mean" not in str(e.value) and "'None'" not in str(e.value)
+    assert "bench" in str(e.value) and "section" in str(e.value)
+
+
+def test_an_edited_hf_hidden_size_is_named_with_the_weight_it_contradicts(tmp_path, tiny_mae_ckpt):
+    from mimkit.interop.export import export_hf_checkpoint
+    from mimkit.interop.hf import read_hf_folder
+
+    out = export_hf_checkpoint(tiny_mae_ckpt, tmp_path / "hf")
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["hidden_size"] = 48  # the weights are 32 wide
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(mimkit.UserError) as e:
+        read_hf_folder(out)
+    msg = str(e.value)
+    assert "hidden_size=48" in msg and "decoder_intermediate_size" not in msg, msg
+    assert "32" in msg and "weight" in msg, msg
+
+
 # ---------------------------------------------------------------------------- 18. inexact resume
 
 

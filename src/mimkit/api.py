@@ -19,8 +19,10 @@ together, as the CLI does.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,9 +82,17 @@ def _check_keywords(job: str, kwargs: dict) -> None:
     a suggestion only when one is close (``epoch`` -> ``epochs``)."""
     from .recipes.registry import schema
 
-    sections = {f.name for f in __import__("dataclasses").fields(schema())}
+    fields = dataclasses.fields(schema())
+    sections = {f.name for f in fields}
+    groups = {f.name for f in fields if f.default_factory is not dataclasses.MISSING}
     known = set(SHORT_KEYS) | sections | {"trust_checkpoint"}
-    for key in kwargs:
+    for key, value in kwargs.items():
+        nested = value is None or isinstance(value, Mapping) or dataclasses.is_dataclass(value)
+        if key in groups - set(SHORT_KEYS) and not nested:
+            raise UserError(
+                f"mimkit.{job}() got {key}={value!r}, but '{key}' is a config section: give "
+                f"a dict ({key}={{'name': value}}) or dotted keys (**{{'{key}.name': value}})"
+            )
         if "." in key or key in known:
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)

@@ -137,6 +137,8 @@ class ShardSet:
     urls: list[str]
     num_samples: int
     classes: list[str]
+    counts: list[int] | None = None  # per shard, from a shards.json index
+    index: str | None = None  # that index, for messages
 
 
 def is_shard_spec(path: str | Path | None) -> bool:
@@ -159,7 +161,8 @@ def open_shards(spec: str | Path, num_samples: int | None = None) -> ShardSet:
     p = Path(str(spec))
     if not _REMOTE.match(str(spec)) and p.is_dir():
         urls, counts, classes = read_index(p.resolve())
-        return ShardSet([str(u) for u in urls], num_samples or sum(counts), classes)
+        index = str(p.resolve() / INDEX)
+        return ShardSet([str(u) for u in urls], num_samples or sum(counts), classes, counts, index)
     urls = expand_urls(str(spec))
     local = [u for u in urls if not _REMOTE.match(u)]
     missing = [u for u in local if not Path(u.removeprefix("file:")).is_file()]
@@ -167,13 +170,20 @@ def open_shards(spec: str | Path, num_samples: int | None = None) -> ShardSet:
         raise UserError(f"shard not found: {missing[0]} (from --data {spec})")
     counts, classes = _counts_from_index(urls) if len(local) == len(urls) else (None, [])
     if num_samples is None and counts is None:
+        where = (
+            "is a URL or pipe: command"
+            if len(local) < len(urls)
+            else f"names shards without a {INDEX} beside them"
+        )
         raise UserError(
-            f"--data {spec} has no {INDEX} index: set data.num_samples=N "
-            "(the number of samples in all the shards)"
+            f"--data {spec} {where}, so mimkit cannot count its samples: set "
+            f"data.num_samples=N (the number of samples in all the shards), or give a local "
+            f"shard folder with its {INDEX} index (`mimkit shards` writes one)"
         )
     if num_samples is not None and num_samples < 1:
         raise UserError(f"config key 'data.num_samples' must be at least 1, got {num_samples}")
-    return ShardSet(urls, num_samples or sum(counts), classes)
+    index = str(Path(urls[0].removeprefix("file:")).parent / INDEX) if counts else None
+    return ShardSet(urls, num_samples or sum(counts), classes, counts, index)
 
 
 def read_index(folder: str | Path) -> tuple[list[Path], list[int], list[str]]:
@@ -309,18 +319,19 @@ class ShardDataset(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         self.check_slots(workers)
         epoch = self.epoch
-        samples = self._samples(self.slot_urls(epoch), epoch)
+        samples = self._samples(self.slot_urls(epoch), epoch, self.world * workers)
         # a fixed number of samples per worker, as webdataset's with_epoch
         return itertools.islice(samples, self.quota(worker, workers))
 
-    def _samples(self, urls: list[str], epoch: int):
+    def _samples(self, urls: list[str], epoch: int, slots: int = 1):
         """Endless: the slot's shards, started over when they run out. Skipped samples
         are named in the next yielded item's ``bad`` list."""
         bad: list[tuple[str, str]] = []
         for rnd in itertools.count():
-            got = 0
+            got = read = 0
             for url in urls:
                 for sample in _read_shard(url, bad):
+                    read += 1
                     item = self._decode(sample, epoch, rnd, bad)
                     if item is not None:
                         got += 1
@@ -329,6 +340,36 @@ class ShardDataset(torch.utils.data.IterableDataset):
             if got == 0:
                 where = f"{bad[0][0]}: {bad[0][1]}" if bad else "no samples"
                 raise UserError(f"no readable sample in shards {', '.join(urls)} ({where})")
+            if rnd == 0:  # the quota outlasted the shards: was their count right?
+                self._check_count(urls, read, slots)
+
+    def _check_count(self, urls: list[str], read: int, slots: int) -> None:
+        """Warn (once) when the index counted more samples in this slot's shards than the
+        first pass read, or, for a single slot, ``data.num_samples`` more than all hold:
+        every sample is then read several times an epoch."""
+        s = self.shards
+        if s.counts is not None:
+            count = dict(zip(s.urls, s.counts))
+            expected, source = sum(count.get(u, 0) for u in urls), s.index
+            fix = "rewrite the shards with `mimkit shards` (or correct its counts)"
+        elif slots == 1:
+            expected, source = s.num_samples, f"data.num_samples (shards {urls[0]}, ...)"
+            fix = "set data.num_samples to the number of samples in all the shards"
+        else:
+            return
+        if read >= expected or getattr(self, "_count_warned", False):
+            return
+        self._count_warned = True
+        log.warning(
+            "%s counts %d samples in %d shards, which hold %d: each sample is read about "
+            "%.0f times an epoch; %s",
+            source,
+            expected,
+            len(urls),
+            read,
+            expected / max(read, 1),
+            fix,
+        )
 
     def _decode(self, sample: dict, epoch: int, rnd: int, bad: list):
         """(image, label), or None when the sample is skipped (and named in ``bad``)."""

@@ -438,8 +438,34 @@ def _check_supported(cfg: dict, path: Path) -> None:
         )
 
 
+# config.json key -> (its default, our weight it sizes, that weight's dim); checked first
+# so that an edited key is named, not a later key that no longer fits it
+_SIZED_BY = (
+    ("hidden_size", 768, "patch_embed.proj.weight", 0),
+    ("num_channels", 3, "patch_embed.proj.weight", 1),
+    ("intermediate_size", None, "blocks.0.mlp.fc1.weight", 0),  # default: 4 x hidden_size
+    ("decoder_hidden_size", 512, "decoder_embed.weight", 0),
+    ("decoder_intermediate_size", 2048, "decoder_blocks.0.mlp.fc1.weight", 0),
+)
+
+
+def _check_sizes(cfg: dict, sd: dict, path: Path) -> None:
+    """One line naming the config key that contradicts a weight's shape."""
+    for key, default, weight, dim in _SIZED_BY:
+        if weight not in sd:
+            continue
+        value = cfg.get(key, default if default is not None else 4 * cfg.get("hidden_size", 768))
+        shape = tuple(sd[weight].shape)
+        if value != shape[dim]:
+            raise UserError(
+                f"{path / CONFIG}: {key}={value} contradicts the weights: {weight} has shape "
+                f"{shape}, {key}={shape[dim]}; correct config.json (or re-export the folder)"
+            )
+
+
 def _model_args(cfg: dict, sd: dict, path: Path) -> tuple[str, dict]:
     """The registered mimkit model and its explicit arguments for this config."""
+    _check_sizes(cfg, sd, path)
     dim = cfg.get("hidden_size", 768)
     args = dict(
         img_size=_square(cfg, "image_size", path),
