@@ -656,6 +656,29 @@ def test_an_edited_hf_hidden_size_is_named_with_the_weight_it_contradicts(tmp_pa
     assert "32" in msg and "weight" in msg, msg
 
 
+# ------------------------------------------------------------------ 15. export into a used folder
+
+
+def test_hf_export_into_a_folder_of_other_files_is_refused(tmp_path, tiny_mae_ckpt, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    args = ["export", "--checkpoint", tiny_mae_ckpt, "--format", "hf", "--out", out]
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and _one_error_line(err), err
+    assert str(out) in _error(err) and "--force" in _error(err)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    code, _, err = _run(capsys, *args, "--force")
+    assert code == 0, err
+    assert (out / "config.json").is_file() and (out / "notes.txt").read_text() == "keep"
+    hf = tmp_path / "hf"  # an earlier export is overwritten without --force
+    for _ in range(2):
+        code, _, err = _run(
+            capsys, "export", "--checkpoint", tiny_mae_ckpt, "--format", "hf", "--out", hf
+        )
+        assert code == 0, err
+
+
 # ---------------------------------------------------------------------------- 18. inexact resume
 
 

@@ -35,6 +35,11 @@ def add_parser(sub) -> None:
         help="output file (.safetensors, .pt or .onnx), or a folder (model.<ext> inside; "
         "for hf: the transformers folder)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="hf: write into a --out folder that holds other files (they are kept)",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -44,7 +49,8 @@ def cmd_export(args) -> int:
         from ..interop.export import export_hf_checkpoint
         from ..interop.hf import hf_usage
 
-        out = export_hf_checkpoint(args.checkpoint, args.out, trust=args.trust_checkpoint)
+        trust, force = args.trust_checkpoint, args.force
+        out = export_hf_checkpoint(args.checkpoint, args.out, trust=trust, force=force)
         print(f"wrote {out}: {hf_usage(out)}")
         return 0
     if args.model:  # a timm model from its own weights file (timm's layout)

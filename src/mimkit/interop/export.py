@@ -215,10 +215,12 @@ def export_inference(model: nn.Module, out: str | Path, fmt: str) -> dict:
     return {"path": path, "files": files, "img_size": size, "output": output, **folds}
 
 
-def export_hf_checkpoint(source, out_dir: str | Path, trust: bool = False) -> Path:
+def export_hf_checkpoint(
+    source, out_dir: str | Path, trust: bool = False, force: bool = False
+) -> Path:
     """``mimkit export --format hf``: build the model a checkpoint describes (the full MAE
     when it has a decoder, else the encoder or classifier) and :func:`export_hf` it, with
-    the checkpoint's class names."""
+    the checkpoint's class names (``force``: see :func:`export_hf`)."""
     from .checkpoint import model_from_checkpoint, read_checkpoint
     from .hf import export_hf
 
@@ -229,4 +231,4 @@ def export_hf_checkpoint(source, out_dir: str | Path, trust: bool = False) -> Pa
     classes = ckpt.meta.get("classes")
     if classes is not None and len(classes) != getattr(model, "num_classes", 0):
         classes = None  # e.g. a probe's classes with the encoder alone
-    return export_hf(model, out_dir, class_names=classes)
+    return export_hf(model, out_dir, class_names=classes, force=force)

@@ -144,11 +144,15 @@ def hf_architecture(model) -> str:
     )
 
 
-def export_hf(model, out_dir: str | Path, class_names: Sequence[str] | None = None) -> Path:
+def export_hf(
+    model, out_dir: str | Path, class_names: Sequence[str] | None = None, force: bool = False
+) -> Path:
     """Write ``out_dir/config.json`` + ``model.safetensors`` (+ ``preprocessor_config.json``)
     that ``transformers.AutoModel.from_pretrained(out_dir)`` loads; returns ``out_dir``.
 
     The class is :func:`hf_architecture`'s; ``class_names`` become ``id2label``.
+    ``out_dir`` must be new, empty or a transformers folder (overwritten), unless ``force``
+    (its other files are then left beside the export).
     """
     arch = hf_architecture(model)
     num_classes = getattr(model, "num_classes", 0)
@@ -160,6 +164,11 @@ def export_hf(model, out_dir: str | Path, class_names: Sequence[str] | None = No
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--format hf writes a folder, but {out} is a file")
+    if out.is_dir() and not force and not is_hf_folder(out) and any(out.iterdir()):
+        raise UserError(
+            f"{out} holds other files (not a transformers folder): export into a new or "
+            "empty folder, or add --force (force=True) to write beside them"
+        )
     out.mkdir(parents=True, exist_ok=True)
     _write_safetensors(sd, out / SAFETENSORS)
     (out / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
