@@ -34,7 +34,9 @@ def set_pool(model, pool: str) -> None:
     if pool not in POOLS:
         raise UserError(f"pool must be 'cls' or 'avg', got '{pool}'")
     if hasattr(model, "global_pool") and isinstance(model.global_pool, str):
-        if pool == "cls" and not getattr(model, "has_class_token", False):
+        # timm's ViT says has_class_token; BEiT (SimMIM's encoder) and others only hold one
+        has_cls = getattr(model, "has_class_token", getattr(model, "cls_token", None) is not None)
+        if pool == "cls" and not has_cls:
             raise UserError("this backbone has no cls token: use pool=avg")
         model.global_pool = POOLS[pool]
 
