@@ -20,10 +20,10 @@ from ..recipes.run import is_out_of_memory, memory_reason
 from ..utils import distributed
 from ..utils.io import WriteError
 from ..version import __version__
-from . import detect, export, filters, info, predict, shards, visualize
+from . import detect, export, filters, info, inspect, predict, report, shards, visualize
 from .jobs import add_job_parser
 
-TOOLS = (visualize, filters, predict, export, shards, info)
+TOOLS = (visualize, inspect, report, filters, predict, export, shards, info)
 GROUP_TOOLS = {"detect": detect}  # actions of a job group besides its registered jobs
 
 
