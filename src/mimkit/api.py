@@ -85,7 +85,7 @@ def _check_keywords(job: str, kwargs: dict) -> None:
     fields = dataclasses.fields(schema())
     sections = {f.name for f in fields}
     groups = {f.name for f in fields if f.default_factory is not dataclasses.MISSING}
-    known = set(SHORT_KEYS) | sections | {"trust_checkpoint"}
+    known = set(SHORT_KEYS) | set(get_recipe(job).api_keys) | sections | {"trust_checkpoint"}
     for key, value in kwargs.items():
         nested = value is None or isinstance(value, Mapping) or dataclasses.is_dataclass(value)
         if key in groups - set(SHORT_KEYS) and not nested:
