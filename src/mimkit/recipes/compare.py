@@ -40,7 +40,7 @@ from ..report.runs import report as write_report
 from ..utils import distributed as dist
 from ..utils.io import write_json
 from .registry import Flag, Recipe, get_recipe, register
-from .run import planned_run_dir, resolve, start
+from .run import execute, planned_run_dir, resolve, start
 
 log = logging.getLogger("mimkit")
 
@@ -153,7 +153,7 @@ def pretrain_config(method: str, preset: str, cfg: config_lib.Config, data: str,
 def _pretrain(method, preset, cfg, data: str, out: Path):
     run_cfg = pretrain_config(method, preset, cfg, data, out)
     start_time = time.perf_counter()
-    result = get_recipe("pretrain").run(run_cfg)
+    result = execute(get_recipe("pretrain"), run_cfg)
     return result, time.perf_counter() - start_time
 
 
@@ -162,7 +162,7 @@ def _evaluate(job: str, checkpoint: Path, data: str, out: Path, cfg) -> None:
     if cfg.train.device != "auto":
         values["train.device"] = cfg.train.device
     job_cfg, _ = resolve(job, None, list(cfg.compare.eval_overrides), values=values)
-    get_recipe(job).run(job_cfg)
+    execute(get_recipe(job), job_cfg)
 
 
 def run(cfg: config_lib.Config, resume: Path | None = None) -> CompareResult:
