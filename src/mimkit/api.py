@@ -34,6 +34,7 @@ from .recipes.run import execute, resolve
 SHORT_KEYS = {
     "data": "data.path",
     "epochs": "train.epochs",
+    "time_budget": "train.time_budget",
     "batch_size": "data.batch_size",
     "device": "train.device",
     "checkpoint": "model.checkpoint",

@@ -122,6 +122,10 @@ class TrainConfig:
     # a wall-clock budget ('15m', '2h', '90s' or seconds): the run times its first steps
     # and sizes every schedule to end at the budget (epochs become a consequence)
     time_budget: str | None = None
+    # written by the run, never read from a preset: the plan a budget became (optimizer
+    # steps in all, measured s/step); a resumed run continues it
+    planned_steps: int | None = None
+    step_time: float | None = None
     dist_timeout_min: float = 10.0  # a collective waiting longer fails instead of hanging
     max_abs_weight: float | None = 1e4  # weights beyond count as diverged and are not saved
 
@@ -133,6 +137,14 @@ class EvalConfig:
     knn_k: list[int] = field(default_factory=lambda: [10, 20, 200])
     knn_temperature: float = 0.07
     cache_dir: str | None = None  # feature cache; default ~/.cache/mimkit/features, 'none' = off
+    # online kNN while pretraining (log.jsonl 'monitor' records, monitor.png), with the
+    # raw-pixel and random-init floors; on in the small presets
+    monitor: bool = False
+    monitor_data: str | None = None  # labeled ROOT (train/ + val/ or class folders)
+    monitor_holdout: float = 0.1  # else: this share of a labeled --data, never trained on
+    monitor_evals: int = 5  # evenly spaced over the run (the last at its end)
+    monitor_references: int = 5000  # labeled images the kNN votes with (a seeded draw)
+    monitor_queries: int = 1000  # images it scores
     batch_size: int = 256  # per process, for feature extraction and validation
 
 

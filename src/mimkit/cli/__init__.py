@@ -14,17 +14,17 @@ import argparse
 import errno
 import sys
 
-from ..errors import NonFiniteLossError, UserError, one_line
+from ..errors import NonFiniteLossError, TrainingInterrupted, UserError, one_line
 from ..recipes import recipes
 from ..recipes.run import is_out_of_memory, memory_reason
 from ..utils import distributed
 from ..utils.io import WriteError
 from ..version import __version__
-from . import detect, export, filters, info, inspect, predict, report, shards, visualize
+from . import detect, export, filters, info, inspect, predict, report, segment, shards, visualize
 from .jobs import add_job_parser
 
 TOOLS = (visualize, inspect, report, filters, predict, export, shards, info)
-GROUP_TOOLS = {"detect": detect}  # actions of a job group besides its registered jobs
+GROUP_TOOLS = {"detect": detect, "segment": segment}  # a group's actions besides its jobs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         _say("error", f"{e.filename or 'a file'}: {e.strerror}")
     except NonFiniteLossError as e:
         _say("stopped", str(e))
+    except TrainingInterrupted as e:  # SIGINT / SIGTERM: saved where it stood
+        _say("stopped", str(e))
+        code = 128 + (e.signal or 2)
     except RuntimeError as e:  # keep last of the RuntimeErrors: it re-raises all others
         if not is_out_of_memory(e):  # a job's run says its batch size (recipes.run.execute)
             raise

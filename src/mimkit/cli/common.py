@@ -13,6 +13,7 @@ SHARED_KEYS = {
     "out": "out",
     "name": "name",
     "epochs": "train.epochs",
+    "time_budget": "train.time_budget",
     "batch_size": "data.batch_size",
     "device": "train.device",
     "checkpoint": "model.checkpoint",

@@ -53,6 +53,8 @@ def add_training_flags(p: argparse.ArgumentParser, r: Recipe) -> None:
     ]
     if r.trains:
         shared.append(("--epochs", "train.epochs", {"type": int}))
+        budget = "train.time_budget: 15m, 2h, 90s or seconds; every schedule ends at it"
+        shared.append(("--time-budget", budget, {}))
     for flag, help, kw in shared:
         if flag not in own:
             p.add_argument(flag, help=help, **kw)

@@ -158,7 +158,8 @@ class DeviceJpegLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for b, batch in enumerate(self.loader):
+        first = self.sampler.start // self.batch_size  # a mid-epoch resume starts there
+        for b, batch in enumerate(self.loader, start=first):
             decoded = decode_encoded(batch, self.device)
             good = [k for k, img in enumerate(decoded) if img is not None]
             bad = [

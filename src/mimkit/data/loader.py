@@ -38,9 +38,15 @@ class EpochSampler(Sampler):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world, self.pad = rank, world, pad
         self.epoch = 0
+        self.start = 0  # items of this epoch to leave out (a mid-epoch resume)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_start(self, start: int) -> None:
+        """Begin this epoch's iteration at item ``start`` (a run resumed mid-epoch: the
+        batches before it were trained on); ``len`` stays the epoch's."""
+        self.start = start
 
     def indices(self) -> list[int]:
         if self.shuffle:
@@ -54,7 +60,7 @@ class EpochSampler(Sampler):
         return order[self.rank :: self.world]
 
     def __iter__(self):
-        for i in self.indices():
+        for i in self.indices()[self.start :]:
             yield i, sample_seed(self.seed, self.epoch, i)
 
     def __len__(self) -> int:

@@ -172,8 +172,10 @@ class TensorCacheLoader:
 
     def __iter__(self):
         order = torch.tensor([i for i, _ in self.sampler], dtype=torch.long, device=self.device)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        first = self.sampler.start // self.batch_size  # a mid-epoch resume starts there
+        for b in range(first, len(self)):
+            k = b - first
+            idx = order[k * self.batch_size : (k + 1) * self.batch_size]
             x = self.images.index_select(0, idx)
             g = torch.Generator(device=self.device)
             g.manual_seed(sample_seed(self.sampler.seed, self.sampler.epoch, b))

@@ -1,6 +1,12 @@
 """The one training loop. Tasks (pretrain, classify, detect) only turn a batch into a
 dict of losses; everything else (precision, accumulation, schedule, clipping, logging,
-checkpoints, resume, DDP) happens here, once.
+checkpoints, resume, DDP, a time budget, online evaluation, a clean stop on SIGINT or
+SIGTERM) happens here, once.
+
+The run's length is a number of optimizer steps, ``total_steps``: ``epochs x steps per
+epoch``, or, with ``time_budget``, what the budget holds at the step time measured over
+the first ``probe_steps`` steps (which count towards it). Every schedule (the lr, and a
+task's own through ``on_plan``) is sized by it, so it completes at the budget.
 """
 
 from __future__ import annotations
@@ -8,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import NonFiniteLossError, UserError
+from ..errors import NonFiniteLossError, TrainingInterrupted, UserError
 from ..utils import distributed as dist
 from ..utils.batch import batch_images
 from ..utils.rng import rng_state
@@ -58,6 +66,10 @@ class Task(Protocol):
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Optional: right after ``optimizer.step`` (e.g. a teacher's EMA update)."""
 
+    def on_plan(self, total_steps: int, steps_per_epoch: int) -> None:
+        """Optional: the run's length in optimizer steps, known at the start (or, with a
+        time budget, after the first steps): size per-step schedules by it."""
+
 
 @dataclass
 class LoopConfig:
@@ -79,14 +91,24 @@ class LoopConfig:
     max_abs_weight: float | None = 1e4  # larger weights count as diverged: not saved
     # a method's own lr rule, (optimizer step, planned steps) -> lr; replaces ``schedule``
     lr_fn: Callable[[int, int], float] | None = None
+    time_budget: float | None = None  # seconds of training (evaluation not counted)
+    planned_steps: int | None = None  # a plan already made (resume): no new timing
+    probe_steps: int = 10  # steps timed before a budget is turned into a plan
+    on_plan: Callable[[int, float | None], None] | None = None  # (steps, s/step): record it
+    # online evaluation: (model, step) -> metrics, at ``online_evals`` evenly spaced steps
+    online_eval: Callable[[nn.Module, int], dict] | None = None
+    online_evals: int = 0
+    clock: Callable[[], float] = time.perf_counter  # injectable for tests
 
 
 @dataclass
 class TrainState:
     epoch: int = 0  # next epoch to run
+    micro: int = 0  # micro-batches of that epoch already done (a mid-epoch resume)
     step: int = 0  # optimizer steps taken
     best: float = -math.inf
     bad_images: set[str] = field(default_factory=set)
+    train_seconds: float = 0.0  # training time so far (the budget's clock)
 
 
 class Trainer:
@@ -118,38 +140,56 @@ class Trainer:
         self.micro_steps = steps  # micro-batches per epoch (a multiple of accum_iter)
         self.steps_per_epoch = steps // loop.accum_iter  # optimizer steps per epoch
         self._extras: dict[str, torch.Tensor] = {}  # the last step's other scalars
+        # the plan: total optimizer steps; with a budget, made after the probe steps
+        self.total_steps = loop.planned_steps or loop.epochs * self.steps_per_epoch
+        self.planned = loop.time_budget is None or loop.planned_steps is not None
+        self.step_time: float | None = None  # measured s/step (a budget's plan)
+        self._probe: list[float] = []  # clock at the end of each probe step
+        self._clock_at: float | None = None  # when the budget clock last started
+        self._eval_steps: set[int] = set()
+        self._stop: int | None = None  # the signal that asked to stop
 
     # ------------------------------------------------------------------ public
     def resume(self, path: str | Path, trust: bool = False) -> None:
         """Restore model, optimizer, scaler, counters and RNG from a checkpoint."""
         saved = restore(Path(path), self.model, self.optimizer, self.scaler, self.meta, trust)
-        self.state.epoch = saved["epoch"] + 1
+        position = saved.get("position") or {"epoch": saved["epoch"] + 1, "micro": 0}
+        self.state.epoch, self.state.micro = position["epoch"], position["micro"]
         self.state.step = saved.get("step", 0)
         self.state.best = saved.get("best", -math.inf)
+        self.state.train_seconds = saved.get("train_seconds", 0.0)
         self.logger.truncate(self.state.step, self.state.epoch)
-        log.info(
-            "resumed from %s after epoch %d (step %d); next: epoch %d/%d",
-            path,
-            self.state.epoch,
-            self.state.step,
-            self.state.epoch + 1,
-            self.cfg.epochs,
-        )
+        e, step = self.state.epoch, self.state.step
+        if self.state.micro:
+            where = f"at {self.state.micro} batches into epoch {e + 1} (step {step})"
+            then = f"the rest of epoch {e + 1}/{self.epochs}"
+        else:
+            where, then = f"after epoch {e} (step {step})", f"epoch {e + 1}/{self.epochs}"
+        log.info("resumed from %s %s; next: %s", path, where, then)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the plan spans (the last one may be partial)."""
+        return -(-self.total_steps // self.steps_per_epoch)
 
     def fit(self) -> dict:
-        last = {}
-        for epoch in range(self.state.epoch, self.cfg.epochs):
-            last = self.train_one_epoch(epoch)
-            if self._should_eval(epoch):
-                last.update(self._evaluate(epoch))
-            self.state.epoch = epoch + 1
-            self._save(epoch, last)
-            self.logger.write(
-                {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **last}
-            )
-            log.info("epoch %d/%d  %s", epoch + 1, self.cfg.epochs, _fmt(last))
-            if self._out_of_steps():
-                break
+        last: dict = {}
+        self._call_task("on_plan", self.total_steps, self.steps_per_epoch)
+        self._schedule_online_evals()
+        with _stop_on_signals(self):
+            self._clock_at = self.cfg.clock()
+            while self.state.epoch < self.epochs and not self._done():
+                epoch = self.state.epoch
+                last = self.train_one_epoch(epoch)
+                self._pause_clock()
+                if self._should_eval(epoch):
+                    last.update(self._evaluate(epoch))
+                self.state.epoch, self.state.micro = epoch + 1, 0
+                self._save(epoch, last)
+                record = {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **last}
+                self.logger.write(record)
+                log.info("epoch %d/%d  %s", epoch + 1, self.epochs, _fmt(last))
+                self._clock_at = self.cfg.clock()
         self.logger.close()
         return last
 
@@ -159,18 +199,21 @@ class Trainer:
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        skip = self.state.micro  # a mid-epoch resume: the batches already trained on
+        batches = self._batches_from(skip)
         window = _Window(self.device)
         total = _Window(self.device)
         bar = tqdm(
             total=self.micro_steps,
-            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
             disable=None if dist.is_main() else True,
             leave=False,
             dynamic_ncols=True,
         )
         t_wait = time.perf_counter()
-        for i, batch in enumerate(self.loader):
-            if i >= self.micro_steps or self._out_of_steps():
+        for i, batch in enumerate(batches, start=skip):
+            if i >= self.micro_steps or self._done():
                 break
             window.wait += time.perf_counter() - t_wait
             self._note_bad(batch.pop("bad", []) if isinstance(batch, dict) else [])
@@ -178,7 +221,9 @@ class Trainer:
             n = _batch_size(batch)
             window.add(loss, n, self._extras)
             total.add(loss, n, self._extras)
-            if (i + 1) % self.cfg.log_every == 0:
+            if (i + 1) % self.cfg.accum_iter == 0:
+                self._after_step(epoch, i, window, bar)
+            elif (i + 1) % self.cfg.log_every == 0:
                 self._log_window(epoch, window, bar)
             bar.update(1)
             t_wait = time.perf_counter()
@@ -188,6 +233,127 @@ class Trainer:
         self._check_finite(stats["loss"], epoch)
         stats["skipped_images"] = self._gather_bad()
         return stats
+
+    def _batches_from(self, skip: int):
+        """The epoch's batches from micro-batch ``skip`` on: the sampler starts there when
+        it can (no image is read twice), else the first ``skip`` batches are drawn and
+        dropped (streamed shards)."""
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_start"):
+            sampler.set_start(skip * self.loader.batch_size)
+            return iter(self.loader)
+        it = iter(self.loader)
+        for _ in range(skip):
+            next(it, None)
+        return it
+
+    def _after_step(self, epoch: int, i: int, window: _Window, bar) -> None:
+        """After each optimizer step: the log window, the budget's plan, online
+        evaluation, and a requested stop (saved at this step, then raised)."""
+        if (i + 1) % self.cfg.log_every == 0:
+            self._log_window(epoch, window, bar)
+        if not self.planned:
+            self._probe_step()
+        if self.state.step in self._eval_steps:
+            self._online_eval(epoch)
+        if self._stop_now((i + 1) % self.cfg.log_every == 0):
+            self.state.micro = i + 1
+            self._interrupt(epoch)
+
+    # ------------------------------------------------------------------ the budget
+    def _pause_clock(self) -> None:
+        """Add the training time since the clock started to ``train_seconds``."""
+        if self._clock_at is not None:
+            self.state.train_seconds += self.cfg.clock() - self._clock_at
+            self._clock_at = None
+
+    def _elapsed(self) -> float:
+        running = self.cfg.clock() - self._clock_at if self._clock_at is not None else 0.0
+        return self.state.train_seconds + running
+
+    def _probe_step(self) -> None:
+        """Time the first steps; after ``probe_steps`` of them, make the plan (the same on
+        every rank: rank 0's, broadcast)."""
+        self._probe.append(self._elapsed())
+        if len(self._probe) < self.cfg.probe_steps + 1 and not self._done():
+            return
+        # steady-state s/step: the first step (kernel selection, workers starting) is left
+        # out of the rate but its time counts towards the budget
+        rate = (self._probe[-1] - self._probe[0]) / max(len(self._probe) - 1, 1)
+        total = plan_steps(
+            self.cfg.time_budget,
+            self._probe[-1],
+            self.state.step,
+            rate,
+            warmup_steps(self.cfg.warmup_epochs, self.steps_per_epoch),
+        )
+        total, rate = dist.broadcast_object((total, rate))
+        self.total_steps, self.step_time, self.planned = total, rate, True
+        self._call_task("on_plan", total, self.steps_per_epoch)
+        self._schedule_online_evals()
+        if self.cfg.on_plan is not None:
+            self.cfg.on_plan(total, rate)
+        log.info(
+            "time budget %s: %.3f s/step measured over %d steps -> %d steps in all "
+            "(%.2f epochs of %d steps)",
+            _seconds(self.cfg.time_budget),
+            rate,
+            len(self._probe) - 1,
+            total,
+            total / self.steps_per_epoch,
+            self.steps_per_epoch,
+        )
+
+    # ------------------------------------------------------------------ online evaluation
+    def _schedule_online_evals(self) -> None:
+        """``online_evals`` evenly spaced steps of the plan (the last one included)."""
+        k, total = self.cfg.online_evals, self.total_steps
+        if self.cfg.online_eval is None or k < 1 or not self.planned:
+            return
+        self._eval_steps = {max(1, round(total * j / k)) for j in range(1, k + 1)}
+
+    def _online_eval(self, epoch: int) -> None:
+        """Evaluate the model now (the budget's clock stopped): logged as a 'monitor'
+        record with the seconds it took."""
+        self._pause_clock()
+        t0 = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with precision_lib.autocast(self.cfg.precision, self.device):
+                metrics = self.cfg.online_eval(self.model, self.state.step) or {}
+        finally:
+            self.model.train(was_training)
+        seconds = time.perf_counter() - t0
+        record = {"kind": "monitor", "epoch": epoch + 1, "step": self.state.step, **metrics}
+        self.logger.write({**record, "seconds": seconds, "train_seconds": self._elapsed()})
+        log.info("step %d  %s  (%.1f s)", self.state.step, _fmt(metrics), seconds)
+        self._clock_at = self.cfg.clock()
+
+    # ------------------------------------------------------------------ stopping
+    def _stop_now(self, synced: bool) -> bool:
+        """Whether a stop was asked: checked every step in one process; with several,
+        where the ranks synchronise anyway (the log window), so all stop at one step."""
+        if dist.world_size() == 1:
+            return self._stop is not None
+        if not synced:
+            return False
+        flag = torch.tensor([float(self._stop or 0)], device=self.device)
+        self._stop = int(dist.all_reduce_max(flag).item()) or None
+        return self._stop is not None
+
+    def _interrupt(self, epoch: int) -> None:
+        """Save where the run stands (mid-epoch: resumed exactly from the next batch),
+        then stop with the way to continue."""
+        self._pause_clock()
+        self._save(epoch, {})
+        name = signal.Signals(self._stop).name if self._stop else "a signal"
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {self.state.step} ({self.state.micro} batches into "
+            f"epoch {epoch + 1}); saved {self.out_dir / 'checkpoint-last.pth'}: continue "
+            f"with --resume {self.out_dir} (resume= in Python)",
+            self._stop or 0,
+        )
 
     def step(self, batch: dict, epoch: int = 0, index: int = 0) -> torch.Tensor:
         """One micro-step of the training loop on ``batch`` (micro-batch ``index`` of
@@ -215,15 +381,18 @@ class Trainer:
         return loss.detach()
 
     def _scheduled_lr(self, epoch: int, i: int, it: int) -> float:
-        cfg = self.cfg
+        """The lr at optimizer step ``it`` (micro-batch ``i`` of ``epoch``) of a run of
+        ``total_steps``: per micro-batch fractional epochs (MAE), per-step arrays (DINO)
+        or the method's own rule."""
+        cfg, total = self.cfg, self.total_steps
         if cfg.lr_fn is not None:
-            return cfg.lr_fn(it, cfg.epochs * self.steps_per_epoch)
+            return cfg.lr_fn(it, total)
         if cfg.schedule == "cosine_iter":
-            total = cfg.epochs * self.steps_per_epoch
             warmup = warmup_steps(cfg.warmup_epochs, self.steps_per_epoch)
             return cosine_iter(it, cfg.base_lr, cfg.min_lr, total, warmup)
         frac = epoch + i / self.micro_steps
-        return lr_at(cfg.schedule, frac, cfg.base_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
+        epochs = total / self.steps_per_epoch
+        return lr_at(cfg.schedule, frac, cfg.base_lr, cfg.min_lr, cfg.warmup_epochs, epochs)
 
     def _call_task(self, name: str, *args) -> None:
         fn = getattr(self.task, name, None)
@@ -315,7 +484,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ eval/save
     def _should_eval(self, epoch: int) -> bool:
-        last = epoch + 1 == self.cfg.epochs or self._out_of_steps()
+        last = epoch + 1 == self.epochs or self._done()
         has_eval = callable(getattr(self.task, "evaluate", None))
         return has_eval and (last or (epoch + 1) % self.cfg.eval_every == 0)
 
@@ -323,8 +492,10 @@ class Trainer:
         with precision_lib.autocast(self.cfg.precision, self.device):
             return self.task.evaluate(self.model, epoch) or {}
 
-    def _out_of_steps(self) -> bool:
-        return self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
+    def _done(self) -> bool:
+        """The plan is done (or ``max_steps``, a smoke run's cap)."""
+        capped = self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
+        return capped or self.state.step >= self.total_steps
 
     def _save(self, epoch: int, metrics: dict) -> None:
         """Checkpoints of the finished epoch: last, numbered every ``save_every`` epochs
@@ -345,11 +516,16 @@ class Trainer:
             "best": self.state.best,
             "metrics": metrics,
             "rng": rngs,
+            "position": {"epoch": self.state.epoch, "micro": self.state.micro},
+            "train_seconds": self.state.train_seconds,
             "mimkit_version": __version__,
             **self.meta,
         }
         done = epoch + 1
-        numbered = done % self.cfg.save_every == 0 or done == self.cfg.epochs
+        if self.state.micro:  # a mid-epoch stop: the last checkpoint only
+            write_checkpoints(self.out_dir, state, None, False)
+            return
+        numbered = done % self.cfg.save_every == 0 or done == self.epochs
         write_checkpoints(self.out_dir, state, done if numbered else None, improved)
 
     def _improved(self, metrics: dict) -> bool:
@@ -358,6 +534,77 @@ class Trainer:
             return False
         self.state.best = metrics[key]
         return True
+
+
+def plan_steps(
+    budget: float, elapsed: float, steps_done: int, step_time: float, warmup: int
+) -> int:
+    """Optimizer steps a run of ``budget`` seconds holds: those done in ``elapsed`` plus
+    what the rest of the budget gives at ``step_time``. A budget that cannot finish the
+    warm-up (or a single step) is a one-line error with the minimum it measured."""
+    total = steps_done + int(max(budget - elapsed, 0.0) // max(step_time, 1e-9))
+    need = max(warmup, 1) + 1
+    if total < need:
+        least = elapsed + (need - steps_done) * step_time
+        raise UserError(
+            f"train.time_budget={_seconds(budget)} holds {total} steps at the measured "
+            f"{step_time:.3g} s/step ({elapsed:.1f} s went to the first {steps_done}); the "
+            f"warm-up alone needs {need - 1} steps: give at least {_seconds(least)} "
+            "(--time-budget), or fewer warm-up epochs (optim.warmup_epochs)"
+        )
+    return total
+
+
+def parse_seconds(text) -> float:
+    """'15m', '2h', '90s', '1h30m' or a number of seconds -> seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        parts = re.fullmatch(
+            r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*"
+            r"(?:(\d+(?:\.\d+)?)s?)?\s*",
+            str(text),
+        )
+        if not parts or not any(parts.groups()):
+            raise UserError(
+                f"train.time_budget={text!r} is not a duration: use e.g. 15m, 2h, 90s, 1h30m "
+                "or a number of seconds"
+            )
+        h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = 3600 * h + 60 * m + sec
+    if not seconds > 0:
+        raise UserError(f"train.time_budget must be above 0 seconds, got {text!r}")
+    return seconds
+
+
+def _seconds(s: float) -> str:
+    return f"{s / 60:.1f}m" if s >= 120 else f"{s:.0f}s"
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer):
+    """SIGINT and SIGTERM (what Slurm and Kubernetes send before a preemption) ask the
+    trainer to stop at the next step, saved; a second SIGINT stops at once."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def ask(signum, frame):
+        if trainer._stop is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer._stop = signum
+        log.warning("%s: stopping after this step (saved, resumable)", signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, ask)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Window:

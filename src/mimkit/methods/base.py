@@ -121,6 +121,11 @@ class PretrainMethod:
         args |= {"mask_ratio": mask_ratio} if mask_ratio is not None else {}
         return args | ({"img_size": img_size} if img_size else {})
 
+    def encoder(self, model: nn.Module) -> nn.Module:
+        """The backbone inside a (possibly wrapped) pretraining model, sharing its weights:
+        what the monitor, and the encoder carried downstream, compute features with."""
+        return dist.unwrap(model)
+
     # ------------------------------------------------------------------ data
     def loader_parts(self, model: nn.Module, crop: Callable) -> LoaderParts:
         """``crop``: the run's single random-resized crop + flip (PIL -> tensor)."""

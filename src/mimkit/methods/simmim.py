@@ -34,6 +34,7 @@ from ..data.transforms import denormalize
 from ..masking import coarse_grid_mask
 from ..models.beit import BEiT, infer_beit_args
 from ..models.registry import register_model
+from ..utils import distributed as dist
 from ..viz.recon import save_grid
 from .base import (
     ForwardTask,
@@ -297,6 +298,9 @@ class SimMIMMethod(PretrainMethod):
         args = {"mask_ratio": mask_ratio} if mask_ratio is not None else {}
         args |= {"drop_path_rate": drop_path} if drop_path else {}
         return args | ({"img_size": img_size} if img_size else {})
+
+    def encoder(self, model):
+        return dist.unwrap(model).encoder
 
     def loader_parts(self, model, crop) -> LoaderParts:
         a = model.arch_config()

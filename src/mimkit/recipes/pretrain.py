@@ -10,14 +10,16 @@ from pathlib import Path
 import torch
 
 from .. import config as config_lib
+from ..data import folder_source, open_splits
 from ..data.pipelines import build_pretrain_loader, open_pretrain_data
-from ..data.transforms import pretrain_transform
+from ..data.transforms import eval_transform, pretrain_transform
 from ..engine.optim import adamw
 from ..errors import UserError
+from ..eval.monitor import OnlineKNN, holdout, sample
 from ..methods import ForwardTask, Schedule, draw_picture, method_for
 from ..models import create_model
 from ..utils import distributed as dist
-from .registry import Recipe, register
+from .registry import Flag, Recipe, register
 from .results import PretrainResult
 from .run import RunContext, fit, start
 
@@ -97,9 +99,12 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> PretrainResult:
     model = build_model(cfg).to(ctx.device)
     if cfg.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    monitor = _monitor(cfg, ctx, data, model) if cfg.eval.monitor else None
     loader = pretrain_loader(cfg, data, ctx.device, model)
     lr = ctx.lr()
     task, make_optimizer, loop = _training_parts(ctx, model, loader)
+    if monitor is not None:
+        loop.update(online_eval=monitor, online_evals=cfg.eval.monitor_evals)
     log.info(
         "%s: %d images, %.1fM parameters, %s %s, effective batch %d, lr %.3g -> %s",
         cfg.model.name,
@@ -153,6 +158,56 @@ def _training_parts(ctx: RunContext, model, loader) -> tuple:
     return parts.task, make, parts.loop
 
 
+def _monitor(cfg: config_lib.Config, ctx: RunContext, data, model) -> OnlineKNN:
+    """The online kNN of ``eval.monitor``: on ``eval.monitor_data`` (train/ + val/, or
+    class folders split in two), else on a seeded share of the labeled --data that is
+    taken out of ``data`` here, so no training loader ever sees it."""
+    e, seed = cfg.eval, cfg.train.seed
+    if e.monitor_data:
+        root = Path(e.monitor_data)
+        if (root / "train").is_dir():
+            splits = open_splits(e.monitor_data)
+            reference, queries = splits.train, splits.val
+        else:
+            reference, queries = holdout(folder_source(root), 0.2, seed)
+    else:
+        source = data.source or data.hf
+        if source is None:
+            raise UserError(
+                "eval.monitor on streamed shards needs a labeled --monitor-data ROOT "
+                "(eval.monitor_data): shards have no random access to hold images out of"
+            )
+        kept, queries = holdout(source, e.monitor_holdout, seed)
+        if data.source is not None:
+            data.source = kept
+        else:
+            data.hf = kept
+        log.info(
+            "monitor: %d of %d images held out of --data (never trained on)",
+            len(queries),
+            data.num_images,
+        )
+        data.num_images, reference = len(kept), kept
+    reference = sample(reference, e.monitor_references, seed)
+    queries = sample(queries, e.monitor_queries, seed + 1)
+    size = model.patch_embed.img_size[0]
+    monitor = OnlineKNN(
+        reference,
+        queries,
+        eval_transform(size),
+        method_for(model).encoder,
+        ctx.device,
+        ctx.precision,
+        k=20,
+        temperature=e.knn_temperature,
+        pool=str(e.pool),
+        batch_size=e.batch_size,
+        num_workers=cfg.data.num_workers,
+    )
+    monitor.baselines(model, size)
+    return monitor
+
+
 def _reload(out: Path, device):
     from ..interop.checkpoint import model_from_checkpoint
 
@@ -161,9 +216,10 @@ def _reload(out: Path, device):
 
 def _pictures(model, source, out: Path, cfg: config_lib.Config, device) -> list[Path]:
     """loss.png from the log; the method's picture of a few images spread over the data."""
-    from ..viz.curves import plot_curves
+    from ..viz.curves import plot_curves, plot_monitor
 
     written = [plot_curves(out / "log.jsonl", out / "loss.png")]
+    written.append(plot_monitor(out / "log.jsonl", out / "monitor.png"))
     if source is not None:  # shards: no random access to draw from
         step = max(1, len(source) // 8)
         picks = [source.read(i) for i in range(0, len(source), step)[:8]]
@@ -187,6 +243,14 @@ RECIPE = register(
         "method's picture to the run folder. Multi-GPU / multi-node: torchrun "
         "--nproc_per_node=N -m mimkit pretrain ...",
         preset="mae_vit_base_patch16",
+        flags=(
+            Flag(
+                "--monitor-data",
+                "eval.monitor_data",
+                "labeled ROOT for the online kNN (eval.monitor=true); default: a held-out "
+                "share of a labeled --data",
+            ),
+        ),
         order=0,
     )
 )

@@ -23,7 +23,7 @@ from .. import config as config_lib
 from ..engine import precision as precision_lib
 from ..engine.checkpoint import LAST, load_training_state, resume_path
 from ..engine.logging import RunLogger, setup_console
-from ..engine.loop import LoopConfig, Trainer
+from ..engine.loop import LoopConfig, Trainer, parse_seconds
 from ..engine.schedule import effective_lr
 from ..engine.trackers import select_loggers
 from ..errors import UserError
@@ -241,6 +241,8 @@ class RunContext:
             eval_every=c.train.eval_every,
             schedule=str(c.optim.schedule),
             max_abs_weight=c.train.max_abs_weight,
+            time_budget=parse_seconds(c.train.time_budget) if c.train.time_budget else None,
+            planned_steps=c.train.planned_steps if c.train.time_budget else None,
         )
         return LoopConfig(**{**settings, **changes})
 
@@ -399,15 +401,24 @@ def fit(
     across ranks), resume, write config.yaml, fit."""
     cfg = ctx.cfg
     wrapped = dist.wrap(model, ctx.device, cfg.train.fsdp, cfg.train.compile)
+    meta = {"config": config_lib.to_dict(cfg), **meta}
+
+    def record_plan(steps: int, step_time: float | None) -> None:
+        """config.yaml and every later checkpoint hold the plan (a resume continues it)."""
+        cfg.train.planned_steps, cfg.train.step_time = steps, step_time
+        meta["config"]["train"].update(planned_steps=steps, step_time=step_time)
+        save_config(cfg)
+
+    loop = ctx.loop_config(lr, monitor, **{"on_plan": record_plan, **loop_changes})
     trainer = Trainer(
         task,
         wrapped,
         make_optimizer(model),
         loader,
         ctx.device,
-        ctx.loop_config(lr, monitor, **loop_changes),
+        loop,
         ctx.run_dir(),
-        meta={"config": config_lib.to_dict(cfg), **meta},
+        meta=meta,
         logger=ctx.logger(),
     )
     seed_all(cfg.train.seed + 1 + dist.rank())

@@ -56,6 +56,34 @@ def plot_curves(
     return out_png
 
 
+def plot_monitor(log_path: str | Path, out_png: str | Path) -> Path | None:
+    """The online kNN against optimizer step, its floors (raw pixels, random init) as
+    dashed lines; None when the run has no 'monitor' records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_log(log_path) if r.get("kind") == "monitor" and "knn_top1" in r]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in rows], [r["knn_top1"] for r in rows], marker="o", label="kNN")
+    floors = {"knn_top1_raw_pixels": "raw pixels", "knn_top1_random_init": "random init"}
+    for (key, label), color in zip(floors.items(), ("tab:gray", "tab:red")):
+        if key in rows[-1]:
+            ax.axhline(rows[-1][key], ls="--", color=color, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("kNN top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
 def plot_qscore(q, correct, path: Path) -> Path:
     """Histogram of Q-scores; split by kNN correctness when known."""
     import matplotlib

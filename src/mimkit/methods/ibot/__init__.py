@@ -15,6 +15,7 @@ from ...data.multicrop import MultiCropTransform
 from ...data.transforms import denormalize
 from ...masking import block_mask
 from ...models.vit import ENCODER_KEYS, infer_vit_args
+from ...utils import distributed as dist
 from ...viz.recon import colour_ids, save_grid
 from ..base import LoaderParts, PretrainMethod, TrainingParts, register_method
 from .backbone import IBOTViT
@@ -52,6 +53,9 @@ class IBOTMethod(PretrainMethod):
         return ({"drop_path_rate": drop_path} if drop_path else {}) | (
             {"img_size": img_size} if img_size else {}
         )
+
+    def encoder(self, model):
+        return dist.unwrap(model).teacher.backbone  # the released network
 
     # ------------------------------------------------------------------ data
     def loader_parts(self, model, crop) -> LoaderParts:

@@ -35,16 +35,28 @@ class IBOTTask:
         clip_grad: float | None = 3.0,
         freeze_last_layer: int = 1,
     ):
-        self.wd = cosine_iter_array(weight_decay, weight_decay_end, epochs, steps_per_epoch)
-        self.momentum = cosine_iter_array(momentum_teacher, 1.0, epochs, steps_per_epoch)
-        warm = warmup_teacher_temp_epochs
-        self.cls_temp = per_epoch_warmup(warmup_teacher_temp, teacher_temp, warm, epochs)
-        self.patch_temp = per_epoch_warmup(
-            warmup_teacher_patch_temp, teacher_patch_temp, warm, epochs
+        self._rates = dict(
+            wd=(weight_decay, weight_decay_end),
+            momentum=(momentum_teacher, 1.0),
+            cls_temp=(warmup_teacher_temp, teacher_temp),
+            patch_temp=(warmup_teacher_patch_temp, teacher_patch_temp),
+            warmup=warmup_teacher_temp_epochs,
         )
+        self.on_plan(epochs * steps_per_epoch, steps_per_epoch)
         self.clip_grad = clip_grad
         self.freeze_last_layer = freeze_last_layer
         self.logged: dict[str, float] = {}
+
+    def on_plan(self, total_steps: int, steps_per_epoch: int) -> None:
+        """Size the schedules by the run's length: per-step cosine arrays over
+        ``total_steps`` (the official ``cosine_scheduler`` for whole epochs), per-epoch
+        temperatures over the epochs it spans (the last may be partial)."""
+        r = self._rates
+        self.wd = cosine_iter_array(*r["wd"], total_steps, 1)
+        self.momentum = cosine_iter_array(*r["momentum"], total_steps, 1)
+        epochs = -(-total_steps // steps_per_epoch)
+        self.cls_temp = per_epoch_warmup(*r["cls_temp"], r["warmup"], epochs)
+        self.patch_temp = per_epoch_warmup(*r["patch_temp"], r["warmup"], epochs)
 
     @classmethod
     def from_model(
