@@ -248,6 +248,15 @@ def test_evaluation_runs_join_the_run_they_evaluated(tmp_path):
     assert rows["timm-knn"]["knn/top1"] == 20.0  # evaluates no given run: a row of its own
 
 
+def test_a_broken_checkpoint_does_not_sink_the_page(tmp_path, mimkit_log):
+    run = _fake_run(tmp_path / "a", "pretrain", None, None)
+    (run / "checkpoint-last.pth").write_bytes(b"not a checkpoint")
+    image = sorted((CIFAR_MINI / "test" / "cat").iterdir())[0]
+    page = mimkit.report([run], tmp_path / "r.html", images=[image])
+    assert page.is_file() and "<img" not in page.read_text()
+    assert "no pictures for a:" in mimkit_log.text
+
+
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory, labeled_root) -> tuple[list[Path], Path]:
     """Two demo-like runs (the demo preset, tiny, 1 epoch) at mask ratios 0.75 and 0.5:

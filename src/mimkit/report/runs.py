@@ -143,7 +143,7 @@ def run_pictures(
 ) -> Pictures:
     """{kind: {run name: PIL image}}: attention, features (of the encoder) and
     reconstructions (the method's picture) of every run with weights, on ``images``.
-    A run whose checkpoint cannot be read is named in a warning and left out."""
+    A run whose checkpoint cannot be read or built is named in a warning and left out."""
     table: Pictures = {}
     for run in runs:
         ckpt = run_checkpoint(run)
@@ -153,8 +153,10 @@ def run_pictures(
             encoder, _ = model_from_checkpoint(ckpt, kind="encoder")
             drawn = backbone_pictures(encoder.to(device).eval(), images, block, clusters, seed)
             recon = _method_picture(ckpt, images, seed, device)
-        except UserError as e:
-            log.warning("report: no pictures for %s: %s", run.name, e)
+        except (UserError, OSError, RuntimeError, ValueError, KeyError) as e:
+            # one unreadable or foreign checkpoint must not sink the whole page
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            log.warning("report: no pictures for %s: %s", run.name, why)
             continue
         if recon is not None:
             drawn["reconstructions"] = recon
