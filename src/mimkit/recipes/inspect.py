@@ -101,7 +101,6 @@ class Gallery:
     source: ImageSource
     val: ImageSource | None
     classes: list[str]
-    where: str
 
 
 def open_gallery(data: str | Path) -> Gallery:
@@ -111,9 +110,9 @@ def open_gallery(data: str | Path) -> Gallery:
     labeled = not root.is_dir() or (root / "train").is_dir()
     if labeled:
         splits = open_splits(str(data))
-        return Gallery(splits.train, splits.val, list(splits.classes), f"{data} (train)")
+        return Gallery(splits.train, splits.val, list(splits.classes))
     source = folder_source(root)
-    return Gallery(source, None, list(source.classes), str(root))
+    return Gallery(source, None, list(source.classes))
 
 
 def _entry(source: ImageSource, i: int) -> ImageLike:
