@@ -109,6 +109,9 @@ class BlockFeatures(nn.Module):
         _freeze_unused(vit, keep_norm=norm)
         img = vit.patch_embed.img_size
         self.built_size = tuple(img) if img is not None else None
+        # the only input size a backbone without dynamic mode takes (smaller inputs, e.g.
+        # the last sliding window of a small image, are padded up to it by the model)
+        self.fixed_size = None if self.dynamic else self.built_size
 
     def _check_size(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
@@ -176,6 +179,7 @@ class ViTPyramid(nn.Module):
         # inputs padded to a multiple of p; on an odd token grid the max-pool drops the
         # last row/column of the 0.5x level, as BEiT's
         self.size_divisor = p
+        self.fixed_size = self.features.fixed_size
 
     @property
     def vit(self) -> nn.Module:
@@ -218,6 +222,7 @@ class ViTTokens(nn.Module):
         self.channels = tuple(d for _ in self.features.indices)
         self.strides = tuple(p for _ in self.features.indices)
         self.size_divisor = p
+        self.fixed_size = self.features.fixed_size
 
     @property
     def vit(self) -> nn.Module:

@@ -74,9 +74,14 @@ class SegmentationModel(nn.Module):
         return self
 
     def _pad(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Zeros at the bottom/right up to a multiple of the patch, and up to the built size
+        of a fixed-size backbone (BEiT's relative position tables) when smaller."""
         d = int(getattr(self.backbone, "size_divisor", 1))
         h, w = imgs.shape[-2:]
         ph, pw = (-h) % d, (-w) % d
+        fixed = getattr(self.backbone, "fixed_size", None)
+        if fixed:
+            ph, pw = max(ph, fixed[0] - h), max(pw, fixed[1] - w)
         return F.pad(imgs, (0, pw, 0, ph)) if ph or pw else imgs
 
     def forward_logits(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
