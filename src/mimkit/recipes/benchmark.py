@@ -36,6 +36,7 @@ from ..utils.rng import seed_all
 from .detect import DetectConfig
 from .registry import Flag, Recipe, register
 from .results import BenchmarkResult
+from .segment import SegmentConfig, SegmentStep, bench_model
 
 
 @dataclass
@@ -97,6 +98,8 @@ def bench_parts(cfg: config_lib.Config) -> tuple[torch.nn.Module, object, str]:
         args, _ = backbone_args(cfg)
         vit = ViTDetBackbone(**args)
         return ViTDetWithPyramid(vit, cfg.detect.out_channels), BackboneStep(), "detect backbone"
+    if cfg.segment != SegmentConfig():  # a segmentation preset: its model, random init
+        return bench_model(cfg), SegmentStep(), "segment"
     args = {"img_size": cfg.data.img_size} if cfg.data.img_size else {}
     model = create_model(cfg.model.name, **{"num_classes": 1000, **args, **cfg.model.args})
     return model, ClassifyStep(), "classify"
@@ -154,7 +157,10 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> BenchmarkResult:
     stepped = torch.compile(model) if cfg.train.compile else model
     batch_size = cfg.data.batch_size
     batch = synthetic_batch(model, batch_size, device)
-    flops = count_step_flops(task, model, synthetic_batch(model, 1, device))
+    # two images where BatchNorm needs a batch (UperNet's pooling branch); FLOPs per image
+    flops = count_step_flops(
+        task, model, synthetic_batch(model, 2 if kind == "segment" else 1, device)
+    )
     name = device_name(device)
     peak = device_peak(device, name, precision)
 

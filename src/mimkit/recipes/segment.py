@@ -343,6 +343,7 @@ class _Task(seg.SegmentTask):
         self.out, self.logger, self.best = out, logger, -math.inf
 
     def evaluate(self, model, epoch: int) -> dict[str, float]:
+        same_buffers(model)
         row = super().evaluate(model, epoch)
         if not row or not dist.is_main():
             return row
@@ -356,6 +357,22 @@ class _Task(seg.SegmentTask):
             {"epoch": epoch + 1, **summary, "best_mIoU": self.best, **per_class},
         )
         return row
+
+
+def same_buffers(model: nn.Module) -> None:
+    """Rank 0's BatchNorm statistics on every rank before a validation split over ranks.
+    Plain BatchNorm (no SyncBatchNorm on CPUs) updates each rank's running statistics from
+    its own batches; DDP copies rank 0's at every training forward, but a validation
+    between them would score a slightly different model on each rank. The one saved, and
+    evaluated later, is rank 0's."""
+    if dist.world_size() < 2:
+        return
+    net = dist.unwrap(model)
+    mine = {k: v.detach().cpu() for k, v in net.named_buffers()} if dist.is_main() else None
+    theirs = dist.broadcast_object(mine)
+    with torch.no_grad():
+        for k, v in net.named_buffers():
+            v.copy_(theirs[k])
 
 
 def _by_class(metrics: dict, key: str) -> dict:
@@ -427,7 +444,7 @@ def _schedule(ctx: RunContext, lr: float, batches: int) -> dict:
     if s.iters:
         per_epoch = max(batches // cfg.optim.accum_iter, 1)
         cfg.train.epochs = math.ceil(s.iters / per_epoch)
-        changes["max_steps"] = s.iters
+        changes["max_steps"] = min(s.iters, cfg.train.max_steps or s.iters)
         log.info("segment: %d iterations = %d epochs of %d", s.iters, cfg.train.epochs, per_epoch)
     rule = (lr, cfg.optim.min_lr, s.iters or 0, s.warmup_iters, s.warmup_ratio, s.power)
     changes["lr_fn"] = poly_lr(*rule)
