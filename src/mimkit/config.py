@@ -53,6 +53,10 @@ class ModelConfig:
     checkpoint: str | None = None
     # which network of a student/teacher checkpoint (iBOT) a backbone takes
     checkpoint_network: Network = Network.teacher
+    # continued pretraining: start from these weights (an official MAE / iBOT / SimMIM
+    # file, a Hugging Face folder, a mimkit run or checkpoint) with a fresh optimizer and
+    # schedule; what the file lacks (e.g. a decoder) is initialised as usual
+    init: str | None = None
     mask_ratio: float | None = None  # null: the method's own (MAE 0.75, LoMaR 0.8, SimMIM 0.6)
     norm_pix_loss: bool = True
     drop_path: float = 0.0
@@ -136,6 +140,12 @@ class EvalConfig:
     pool: Pool = Pool.cls  # cls | avg: which features kNN / probe / Q-score read
     knn_k: list[int] = field(default_factory=lambda: [10, 20, 200])
     knn_temperature: float = 0.07
+    # features of this block (0-based; -1 the last) instead of the last one's output, for
+    # every frozen-feature protocol; pick it on a split of train (`mimkit blocks`)
+    block: int | None = None
+    # the raw-pixel floor and the random-init encoder under the same protocol, beside
+    # every frozen-feature result (knn, linprobe, attnprobe): 'baselines' in metrics.json
+    baselines: bool = True
     cache_dir: str | None = None  # feature cache; default ~/.cache/mimkit/features, 'none' = off
     # online kNN while pretraining (log.jsonl 'monitor' records, monitor.png), with the
     # raw-pixel and random-init floors; on in the small presets

@@ -383,3 +383,33 @@ def model_from_checkpoint(
         raise ValueError(f"kind must be 'pretrain' or 'encoder', got {kind!r}")
     report = load_checkpoint(model, ckpt, network=network)
     return model, report
+
+
+def init_pretraining(
+    model: nn.Module, source, trust: bool = False, network: str = "teacher"
+) -> LoadReport:
+    """Continued pretraining: load what a file holds into a fresh pretraining model.
+
+    A file of the same method loads whole (an MAE with its decoder, an iBOT student and
+    teacher with its centres, a SimMIM with its head); any other file (an encoder-only
+    MAE file, another method's checkpoint, a Hugging Face folder, a timm backbone)
+    gives its backbone, which starts the model's encoder (both networks of a
+    student/teacher method), the rest keeping its initialisation. The report lists what
+    was loaded and what was initialised."""
+    if isinstance(source, (str, Path)) and (Path(source) / "checkpoint-last.pth").is_file():
+        source = Path(source) / "checkpoint-last.pth"  # a mimkit run folder
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust)
+    mine, theirs = method_for(model), method_for(ckpt.state_dict)
+    sd = dict(ckpt.state_dict)
+    if theirs is not mine:
+        backbone = theirs.encoder_state_dict(sd, network) if theirs else sd
+        sd = mine.from_backbone(backbone)
+    report = load_checkpoint(model, Checkpoint(sd, ckpt.meta, ckpt.path), network=network)
+    log.info(
+        "continued pretraining from %s: %d tensors loaded, %d initialised (%s)",
+        ckpt.path,
+        report.loaded,
+        len(report.missing) + len(report.dropped),
+        _short(report.missing + report.dropped) or "none",
+    )
+    return report

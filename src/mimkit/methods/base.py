@@ -178,6 +178,11 @@ class PretrainMethod:
         """(registered model name, arguments) of a full state dict, from its shapes."""
         raise NotImplementedError
 
+    def from_backbone(self, sd: dict) -> dict:
+        """A plain backbone's state dict in this method's full-model keys (continued
+        pretraining from an encoder: the rest of the model keeps its initialisation)."""
+        return sd
+
     def encoder_state_dict(self, sd: dict, network: str = "teacher") -> dict:
         """The backbone's keys of a full state dict (``network``: which of a
         student/teacher pair)."""

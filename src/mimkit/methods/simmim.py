@@ -337,6 +337,9 @@ class SimMIMMethod(PretrainMethod):
             return None
         return dict(obj["model"]), {"epoch": obj.get("epoch"), "source": "official SimMIM"}
 
+    def from_backbone(self, sd: dict) -> dict:
+        return {f"encoder.{k}": v for k, v in sd.items()}
+
     def infer_args(self, sd) -> tuple[str, dict]:
         args = infer_beit_args(self.encoder_state_dict(sd))
         return "simmim_vit", {k: v for k, v in args.items() if k in BEIT_KEYS}

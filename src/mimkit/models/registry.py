@@ -109,6 +109,8 @@ def input_size(model: nn.Module) -> int:
         return model.patch_embed.img_size[0]
     if hasattr(model, "img_size"):
         return model.img_size
+    if isinstance(getattr(model, "backbone", None), nn.Module):  # a feature wrapper
+        return input_size(model.backbone)
     return data_config(model)["input_size"]
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from .. import config as config_lib
 from ..data import Splits, eval_transform
 from ..errors import UserError
+from ..eval.attentive import BlockFeatures
 from ..eval.features import cached_extract, checkpoint_identity, extract, source_identity
 from ..eval.metrics import plot_confusion
 from ..interop.checkpoint import LoadReport, model_from_checkpoint
@@ -53,6 +54,8 @@ def load_backbone(cfg: config_lib.Config, device, **overrides) -> tuple[nn.Modul
         )
     if getattr(model, "channels_last", False):
         model = model.to(memory_format=torch.channels_last)
+    if cfg.eval.block is not None and cfg.task not in ("finetune", "train"):
+        model = BlockFeatures(model, cfg.eval.block)  # a frozen-feature protocol's block
     return model.to(device), report
 
 

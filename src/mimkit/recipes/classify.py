@@ -23,6 +23,7 @@ from ..models import preprocessing
 from ..utils import distributed as dist
 from ..viz.curves import plot_curves
 from .backbone import load_backbone, split_features, write_metrics
+from .baselines import probe_floors
 from .registry import Recipe, register
 from .results import ClassifyResult
 from .run import RunContext, fit, save_config, start
@@ -99,6 +100,7 @@ def linprobe(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
     )
     ctx.run_dir()
     backbone, _ = load_backbone(cfg, ctx.device)
+    plain = backbone
     set_pool(backbone, str(cfg.eval.pool))
     if cfg.linprobe.n_last_blocks > 1:
         avg = str(cfg.eval.pool) == "avg"
@@ -143,8 +145,9 @@ def linprobe(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResu
     )
     meta = {"task": "linprobe", "classes": splits.classes}
     return _fit_classifier(
-        ctx, task, head, make_optimizer, loader, lr, meta, "linear probe", splits
-    )
+        ctx, task, head, make_optimizer, loader, lr, meta, "linear probe", splits,
+        floors=lambda: probe_floors(ctx, splits, plain, "linprobe"),
+    )  # fmt: skip
 
 
 def finetune(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResult:
@@ -257,8 +260,19 @@ def _clamp_batch(cfg: config_lib.Config, n: int) -> None:
 
 
 def _fit_classifier(
-    ctx: RunContext, task, model, make_optimizer, loader, lr, meta: dict, title: str, splits
+    ctx: RunContext,
+    task,
+    model,
+    make_optimizer,
+    loader,
+    lr,
+    meta: dict,
+    title: str,
+    splits,
+    floors=None,
 ) -> ClassifyResult:
+    """Fit, then write metrics.json (with ``floors()``: the same protocol on raw pixels
+    and a random-init encoder, as ``baselines``)."""
     cfg = ctx.cfg
     fitted = fit(ctx, task, model, make_optimizer, loader, lr, meta, monitor="val/acc1")
     metrics = {
@@ -268,6 +282,8 @@ def _fit_classifier(
         "best_top1": max(fitted.best, fitted.last.get("val/acc1", float("-inf"))),
         "epochs": fitted.trainer.state.epoch,
     }
+    if floors is not None:
+        metrics["baselines"] = floors()
     out = ctx.run_dir()
     picture = write_metrics(out, metrics, splits.classes, title)
     curves = plot_curves(out / "log.jsonl", out / "curves.png") if dist.is_main() else None

@@ -10,8 +10,10 @@ from ..data import open_splits
 from ..eval.features import set_pool
 from ..eval.knn import knn_scores
 from ..eval.metrics import classification_metrics
+from ..eval.monitor import standardize
 from ..utils import distributed as dist
 from .backbone import load_backbone, split_features, write_metrics
+from .baselines import knn_floors
 from .registry import Recipe, register
 from .results import ClassifyResult
 from .run import start
@@ -28,6 +30,8 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResult:
     model, _ = load_backbone(cfg, ctx.device)
     set_pool(model, str(cfg.eval.pool))
     train, val, skipped = split_features(ctx, model, splits)
+    if getattr(model, "standardize_features", False):  # raw pixels: per-dimension z-scores
+        train["features"], val["features"] = standardize(train["features"], val["features"])
     n_train = len(train["labels"])
     too_big = [k for k in cfg.eval.knn_k if k > n_train]
     if too_big:
@@ -53,6 +57,9 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResult:
         "num_train": n_train,
         "skipped_images": len(skipped),
     }
+    floors = knn_floors(ctx, getattr(model, "backbone", model))
+    if floors:
+        metrics["baselines"] = floors
     ctx.logger().write(
         {"kind": "eval", "step": 0, **{f"knn{k}/top1": m["top1"] for k, m in per_k.items()}}
     )

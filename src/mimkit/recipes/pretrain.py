@@ -16,6 +16,7 @@ from ..data.transforms import eval_transform, pretrain_transform
 from ..engine.optim import adamw
 from ..errors import UserError
 from ..eval.monitor import OnlineKNN, holdout, sample
+from ..interop.checkpoint import init_pretraining
 from ..methods import ForwardTask, Schedule, draw_picture, method_for
 from ..models import create_model
 from ..utils import distributed as dist
@@ -96,7 +97,11 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> PretrainResult:
         )
     out = ctx.run_dir()
     ctx.lr_batch = pretraining_method(cfg.model.name).lr_batch
-    model = build_model(cfg).to(ctx.device)
+    model = build_model(cfg)
+    if cfg.model.init and not resume:  # continued pretraining: fresh optimizer and schedule
+        network = str(cfg.model.checkpoint_network)
+        init_pretraining(model, cfg.model.init, cfg.trust_checkpoint, network)
+    model = model.to(ctx.device)
     if cfg.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
     monitor = _monitor(cfg, ctx, data, model) if cfg.eval.monitor else None
@@ -249,6 +254,12 @@ RECIPE = register(
                 "eval.monitor_data",
                 "labeled ROOT for the online kNN (eval.monitor=true); default: a held-out "
                 "share of a labeled --data",
+            ),
+            Flag(
+                "--init",
+                "model.init",
+                "continued pretraining: start from these weights (official MAE / iBOT / "
+                "SimMIM file, HF folder, mimkit run) with a fresh optimizer and schedule",
             ),
         ),
         order=0,

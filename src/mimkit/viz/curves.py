@@ -84,6 +84,30 @@ def plot_monitor(log_path: str | Path, out_png: str | Path) -> Path | None:
     return out_png
 
 
+def plot_blocks(rows: list[dict], out_png: str | Path) -> Path:
+    """kNN and linear top-1 against block, one line per feature kind (cls, avg, cat)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, protocol in zip(axes, ("knn", "linear")):
+        for kind in ("cls", "avg", "cat"):
+            pts = [(r["block"] + 1, r[protocol]) for r in rows if r["kind"] == kind]
+            ax.plot(*zip(*pts), marker="o", label=kind)
+        ax.set_title(protocol)
+        ax.set_xlabel("block")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 (%) on the held-out training images")
+    axes[0].legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
 def plot_qscore(q, correct, path: Path) -> Path:
     """Histogram of Q-scores; split by kNN correctness when known."""
     import matplotlib

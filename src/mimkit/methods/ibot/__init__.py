@@ -100,6 +100,10 @@ class IBOTMethod(PretrainMethod):
     def encoder_state_dict(self, sd: dict, network: str = "teacher") -> dict:
         return backbone_state_dict(sd, network)
 
+    def from_backbone(self, sd: dict) -> dict:
+        """A backbone starts both networks (the official teacher starts as the student)."""
+        return {f"{net}.backbone.{k}": v for net in ("student", "teacher") for k, v in sd.items()}
+
     def infer_args(self, sd) -> tuple[str, dict]:
         """An official iBOT file's architecture from its shapes: the teacher backbone's
         ViT and the student head's sizes (training-only settings keep their defaults)."""
