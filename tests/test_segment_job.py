@@ -288,6 +288,7 @@ def test_ade20k_layout_with_the_raw_pixel_probe(tmp_path):
 
 
 CRAFTED = [  # (name, settings): every backbone mimkit reads, one training step each
+    ("official-mae", {"checkpoint": "official MAE layout of the tiny MAE"}),
     ("ibot", {"checkpoint": str(INTEROP / "ibot_official_checkpoint_tiny.pth")}),
     ("simmim", {"checkpoint": str(INTEROP / "simmim_official_checkpoint_tiny.pth")}),
     ("timm", {"checkpoint": "none", "model": "timm:vit_tiny_patch16_224", "data.img_size": 64}),
@@ -297,11 +298,20 @@ CRAFTED = [  # (name, settings): every backbone mimkit reads, one training step 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,settings", CRAFTED, ids=[c[0] for c in CRAFTED])
-def test_backbones_train_at_the_crop_size(coco, tmp_path, name, settings, mimkit_log):
-    if "checkpoint" in settings and "interop" in settings["checkpoint"] and not INTEROP.is_dir():
+def test_backbones_train_at_the_crop_size(
+    coco, tmp_path, name, settings, mimkit_log, tiny_mae_ckpt
+):
+    if "interop" in settings["checkpoint"] and not INTEROP.is_dir():
         pytest.skip("no official fixtures")
     images, train_ann, val_ann = coco
     values = {**_values(SMALL), "train.max_steps": 1, **settings}
+    if name == "official-mae":  # {'model': encoder state dict}, as the released files
+        from mimkit.interop.checkpoint import model_from_checkpoint
+
+        encoder, _ = model_from_checkpoint(tiny_mae_ckpt, kind="encoder")
+        torch.save({"model": encoder.state_dict()}, tmp_path / "mae_pretrain.pth")
+        values["checkpoint"] = str(tmp_path / "mae_pretrain.pth")
+        values["data.img_size"] = 48  # 8x8 table -> 12x12 at load
     if name == "simmim":  # BEiT-style: built at 48 px, its 8x8 relative table resized
         values["data.img_size"] = 48
     result = mimkit.segment.train(

@@ -475,7 +475,8 @@ def _finish(ctx: RunContext, task: _Task, model, spec: dict, val_src, fitted) ->
     last = task.last_metrics
     metrics = {"checkpoint": cfg.model.checkpoint or "none", "head": spec["head"]}
     metrics.update({k: last[k] for k in ("mIoU", "mAcc", "aAcc")} if last else {})
-    metrics.update(best_mIoU=task.best if last else None, epochs=fitted.trainer.state.epoch)
+    best_miou = fitted.best if math.isfinite(fitted.best) else None  # a resumed run's too
+    metrics.update(best_mIoU=best_miou, epochs=fitted.trainer.state.epoch)
     pictures, iou_plot = [], None
     if dist.is_main():
         metrics["history"] = _history(out)
