@@ -119,6 +119,18 @@ def test_inspect_takes_the_teacher_or_the_student(pretrained):
         assert torch.equal(encoder.state_dict()[key], state[f"{network}.backbone.{key}"])
 
 
+@pytest.mark.slow
+def test_feature_caches_tell_the_teacher_from_the_student(pretrained, labeled_root, tmp_path):
+    """kNN (and the neighbours, same key) of iBOT's student after its teacher extract again."""
+    ckpt, cache = pretrained("ibot"), tmp_path / "cache"
+    counts = []
+    for network in ("teacher", "student", "teacher"):
+        settings = {"eval.cache_dir": str(cache), "model.checkpoint_network": network}
+        mimkit.knn(ckpt, data=labeled_root, out=tmp_path / f"{network}{len(counts)}", **settings)
+        counts.append(len(list(cache.glob("*.pt"))))
+    assert counts[1] == counts[0] + 2 == counts[2] + 2  # the student's train and val: new
+
+
 @pytest.mark.skipif(not SIMMIM_OFFICIAL.is_file(), reason="../shared/interop not beside the repo")
 def test_inspect_an_official_simmim_file(tmp_path):
     images = sorted((CIFAR_MINI / "test" / "cat").iterdir())[:2]
@@ -237,6 +249,8 @@ def test_evaluation_runs_join_the_run_they_evaluated(tmp_path):
     b = _fake_run(tmp_path / "b", "pretrain", None, None)
     _fake_run(a / "knn", "knn", str(a / "checkpoint-last.pth"), 40.0)
     elsewhere = _fake_run(tmp_path / "evals" / "b-knn", "knn", str(b / "checkpoint-last.pth"), 30.0)
+    for run in (a / "knn", elsewhere):  # an evaluation's own floors stay out, in or beside
+        _fake_run(run / "baselines" / "raw_pixels", "knn", "none", 10.0)
     probe = _fake_run(tmp_path / "b-probe", "linprobe", str(b / "checkpoint-last.pth"), 35.0)
     timm_knn = _fake_run(tmp_path / "timm-knn", "knn", "weights.safetensors", 20.0)
     runs = attach_evaluation_runs(read_runs([a, b, a / "knn", elsewhere, probe, timm_knn]))
@@ -259,14 +273,15 @@ def test_a_broken_checkpoint_does_not_sink_the_page(tmp_path, mimkit_log):
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory, labeled_root) -> tuple[list[Path], Path]:
-    """Two demo-like runs (the demo preset, tiny, 1 epoch) at mask ratios 0.75 and 0.5:
-    the first evaluated by kNN inside its folder, the second by kNN in a folder beside."""
+    """Two demo-like runs (the demo preset, tiny, 1 epoch) at mask ratios 0.75 and 0.5,
+    the first with the online kNN monitor: the first evaluated by kNN inside its folder,
+    the second by kNN in a folder beside."""
     root = tmp_path_factory.mktemp("demo")
     runs = [root / "mae-mask75", root / "mae-mask50"]
-    for run, ratio in zip(runs, (0.75, 0.5)):
+    for run, ratio, monitor in zip(runs, (0.75, 0.5), ("true", "false")):
         args = ["pretrain", "--config", "mae_vit_tiny_cifar_demo", "--data",
                 labeled_root / "train", "--out", run, "--epochs", 1, "--batch-size", 16,
-                *TINY_MAE, f"model.mask_ratio={ratio}"]  # fmt: skip
+                *TINY_MAE, f"model.mask_ratio={ratio}", f"eval.monitor={monitor}"]  # fmt: skip
         assert main([str(a) for a in args]) == 0
     beside = root / "mae-mask50-knn"
     for run, out in ((runs[0], runs[0] / "knn"), (runs[1], beside)):
@@ -295,21 +310,31 @@ def test_report_of_two_runs_in_a_headless_browser(demo_runs, tmp_path):
         images = driver.execute_script(
             "return [...document.images].map(i => [i.complete, i.naturalWidth, i.alt]);"
         )
-        # attention, features, reconstructions (drawn) + knn/confusion, for each run
-        assert len(images) == 2 * 4, images
         assert all(done and width > 0 and alt for done, width, alt in images), images
-        alts = {alt for _, _, alt in images}
-        for run in runs:
-            for kind in ("attention", "features", "reconstructions", "knn/confusion"):
-                assert f"{kind} of run {run.name}" in alts
+        # attention, features, reconstructions (drawn) + knn/confusion, for each run
+        alts = sorted(alt for _, _, alt in images)
+        kinds = ("attention", "features", "reconstructions", "knn/confusion")
+        assert alts == sorted(f"{k} of run {r.name}" for k in kinds for r in runs)
+        # the online kNN curve with its two floors, from the first run's log.jsonl
+        titles = driver.execute_script(
+            "return [...document.querySelectorAll('svg.chart > title')].map(t => t.textContent);"
+        )
+        assert "monitor/knn_top1" in titles, titles
+        text = driver.find_element("tag name", "body").text
+        assert "mae-mask75: raw_pixels" in text and "mae-mask75: random_init" in text
+        # every number of the table is its run's metrics.json value (nested keys dotted)
         cells = _table_cells(driver)
-        expected = {}
-        for run, knn in ((runs[0], runs[0] / "knn"), (runs[1], beside)):
-            metrics = json.loads((knn / "metrics.json").read_text())
-            expected |= {(run.name, f"knn/{k}"): metrics[k] for k in ("top1", "top5")}
-        assert set(cells) == set(expected)
-        for key, value in expected.items():
-            assert cells[key][0] == value, key
+        files = {runs[0].name: runs[0] / "knn", runs[1].name: beside}
+        metrics = {r: json.loads((f / "metrics.json").read_text()) for r, f in files.items()}
+        for run in files:
+            assert {(run, "knn/top1"), (run, "knn/top5")} <= set(cells)
+        for (run, column), (shown, _, _) in cells.items():
+            evaluation, key = column.split("/", 1)
+            assert evaluation == "knn", column
+            value = metrics[run]
+            for part in key.split("."):
+                value = value[part]
+            assert shown == value, (run, column)
         driver.execute_script("window.scrollTo(0, 0);")
         height = driver.execute_script("return document.body.scrollHeight;")
         driver.set_window_size(1280, min(height + 40, 8000))

@@ -17,8 +17,8 @@ A run folder (what ``mimkit pretrain``/``knn``/``linprobe``/... write) may hold:
   (top-level numbers and nested ones, less bookkeeping such as ``num_images`` and per-k /
   per-class detail) are columns of the comparison table.
 - pictures: ``*.png`` / ``*.jpg`` in the folder and in evaluation sub-folders
-  (``reconstructions``, ``knn/confusion``; ``loss.png`` and ``curves.png`` are left out,
-  the page draws the curves itself).
+  (``reconstructions``, ``knn/confusion``; ``loss.png``, ``curves.png`` and
+  ``monitor.png`` are left out, the page draws the curves itself).
 
 Public functions (explicit arguments): ``read_run(run_dir, name=None) -> Run``,
 ``read_runs(run_dirs) -> list[Run]`` (unique display names), ``comparison_rows(runs) ->
@@ -67,7 +67,7 @@ LOWER_BETTER = ("loss", "error", "err_", "_err", "nll", "fid", "latency", "secon
 # records whose keys describe the machine and the run rather than training progress
 INFO_KINDS = {"run", "system", "hardware", "env", "meta", "start"}
 INFO_KEYS = ("device", "gpu", "gpus", "cpu", "hostname", "world_size", "torch", "cuda")
-LEFT_OUT_PICTURES = {"loss", "curves"}
+LEFT_OUT_PICTURES = {"loss", "curves", "monitor"}  # the page draws these curves itself
 MAX_SCAN_DEPTH = 3  # metrics.json / pictures this deep below the run folder
 
 

@@ -37,7 +37,7 @@ from ..methods import draw_picture
 from ..utils import distributed as dist
 from ..utils.io import atomic_write_text
 from ..viz.backbone import backbone_pictures
-from .collect import Run, read_runs
+from .collect import MAX_SCAN_DEPTH, Run, read_runs
 from .html import Pictures, render_report
 
 log = logging.getLogger("mimkit")
@@ -87,13 +87,18 @@ def attach_evaluation_runs(runs: Sequence[Run]) -> list[Run]:
             continue
         if _inside(run.path, owner.path):  # a sub-folder: its metrics.json is read already
             continue
-        where = os.path.relpath(os.path.abspath(run.path), os.path.abspath(owner.path))
+        # read as if the folder sat in the run's folder, as deep as a sub-folder is read
+        # (an evaluation's own sub-runs, e.g. its baselines/, stay out either way)
         for e in run.evaluations:
-            e.folder = where if e.folder == "." else f"{where}/{e.folder}"
-            owner.evaluations.append(e)
+            folder = run.path.name if e.folder == "." else f"{run.path.name}/{e.folder}"
+            if len(Path(folder).parts) < MAX_SCAN_DEPTH:
+                e.folder = folder
+                owner.evaluations.append(e)
         _rename_repeats(owner)
         for kind, path in run.pictures.items():
-            owner.pictures.setdefault(f"{_task(run)}/{kind}", path)
+            key = f"{_task(run)}/{kind}"
+            if len(Path(key).parts) <= MAX_SCAN_DEPTH:
+                owner.pictures.setdefault(key, path)
         log.info("report: %s is an evaluation of %s", run.path, owner.path)
     return kept
 
