@@ -69,6 +69,8 @@ def split_features(ctx: RunContext, model, splits: Splits) -> tuple[dict, dict, 
     """Train and val features, extracted once and cached by checkpoint + data + transform."""
     cfg = ctx.cfg
     transform = eval_transform(**preprocessing(model))
+    # a student/teacher file (iBOT) holds two encoders under one file identity
+    network = str(cfg.model.checkpoint_network) if cfg.model.checkpoint != "none" else "teacher"
     results = []
     for name, source in (("train", splits.train), ("val", splits.val)):
         key = {
@@ -79,6 +81,7 @@ def split_features(ctx: RunContext, model, splits: Splits) -> tuple[dict, dict, 
             "transform": repr(transform),
             "pool": str(cfg.eval.pool),
             "precision": ctx.precision,
+            **({"network": network} if network != "teacher" else {}),
         }
 
         def compute(s=source, n=name):
