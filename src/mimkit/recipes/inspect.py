@@ -83,10 +83,9 @@ def load_encoder(
             )
         encoder = create_encoder(model, **overrides)
     else:
-        encoder, report = model_from_checkpoint(
+        encoder, _ = model_from_checkpoint(  # (it logs what it loaded)
             checkpoint, kind="encoder", trust=trust, network=network, **overrides
         )
-        log.info("%s", report)
     return encoder.eval()
 
 
