@@ -145,7 +145,7 @@ def inference_settings(cfg: config_lib.Config, crop: tuple[int, int]) -> dict:
 # --------------------------------------------------------------------------- data
 
 
-def _one_layout(cfg: config_lib.Config, train: bool = True):
+def _sources(cfg: config_lib.Config):
     """The (train, val) sources the config names, or one line saying what is missing."""
     s, path = cfg.segment, cfg.data.path
     if not path:
@@ -383,7 +383,7 @@ def _by_class(metrics: dict, key: str) -> dict:
 def train(cfg: config_lib.Config, resume: Path | None = None) -> SegmentResult:
     ctx = start(cfg, resume)
     s, crop = cfg.segment, crop_size(cfg)
-    train_src, val_src = _one_layout(cfg)
+    train_src, val_src = _sources(cfg)
     if s.scan:
         scan_on_rank0(train_src, val_src, workers=max(cfg.data.num_workers, 1))
     classes = train_src.classes
