@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   pretrain MAE on the shipped CIFAR-10 sample, draw reconstructions, kNN top-1,
-#               attention / PCA / neighbour pictures and the report page
+#               attention / PCA pictures and the report page
 #   make test   run the test suite
 # Each creates its own virtual environment in .venv on first use.
 PYTHON ?= python3
@@ -23,12 +23,11 @@ demo: $(VENV)/.installed
 		--images examples/cifar10-mini/test --num-images 8 --out $(DEMO)/reconstructions.png
 	$(PY) -m mimkit knn --checkpoint $(DEMO)/checkpoint-last.pth --data examples/cifar10-mini \
 		--out $(DEMO)/knn eval.cache_dir=none
-	$(PY) -m mimkit inspect --checkpoint $(DEMO)/checkpoint-last.pth --data examples/cifar10-mini \
-		--out $(DEMO)
+	$(PY) -m mimkit inspect --checkpoint $(DEMO)/checkpoint-last.pth \
+		--images examples/cifar10-mini/test --out $(DEMO)
 	$(PY) -m mimkit report $(DEMO) --out $(DEMO)/report.html
 	@echo "pictures: $(DEMO)/reconstructions.png $(DEMO)/loss.png $(DEMO)/attention.png" \
-		"$(DEMO)/features.png $(DEMO)/neighbors.png; kNN: $(DEMO)/knn/metrics.json;" \
-		"page: $(DEMO)/report.html"
+		"$(DEMO)/features.png; kNN: $(DEMO)/knn/metrics.json; page: $(DEMO)/report.html"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
