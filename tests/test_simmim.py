@@ -187,3 +187,78 @@ def test_official_checkpoint_loads_safely_everywhere(traj, tmp_path):
         ref = full.encoder.forward_masked(x, zero)
         ours = encoder.forward_features(x)[:, 1:].transpose(1, 2).reshape(ref.shape)
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- protocols
+
+TINY_SIMMIM = ["--config", "simmim_vit_tiny_cifar", "model.args.embed_dim=32",
+               "model.args.depth=2", "model.args.num_heads=2", "data.num_workers=0",
+               "train.tensorboard=false", "eval.cache_dir=none"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def simmim_run(tmp_path_factory, labeled_root):
+    from mimkit.cli import main
+
+    out = tmp_path_factory.mktemp("simmim") / "run"
+    args = ["pretrain", "--data", labeled_root / "train", "--out", out, "--epochs", "1",
+            "--batch-size", "16", *TINY_SIMMIM]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_simmim_encoder_goes_through_every_protocol(simmim_run, labeled_root, tmp_path):
+    import mimkit
+
+    ckpt, data = str(simmim_run / "checkpoint-last.pth"), str(labeled_root)
+    keys = {"eval.cache_dir": "none", "eval.baselines": False, "data.num_workers": 0}
+    for job in ("knn", "linprobe", "attnprobe", "qscore"):
+        r = getattr(mimkit, job)(ckpt, data=data, out=str(tmp_path / job), epochs=1, **keys)
+        assert (tmp_path / job / "metrics.json").is_file(), job
+        assert r.metrics, job
+    blocks = mimkit.blocks(ckpt, data=data, out=str(tmp_path / "b"),
+                           **{**keys, "blocks.linear_epochs": 1})  # fmt: skip
+    assert len(blocks["rows"]) == 2 * 3
+    ft = mimkit.finetune(ckpt, data=data, out=str(tmp_path / "ft"), epochs=1, batch_size=16,
+                         **{"data.num_workers": 0})  # fmt: skip
+    assert 0 <= ft["top1"] <= 100
+    from mimkit.cli import main
+
+    assert main(["predict", "--checkpoint", str(ft.checkpoint), "--images",
+                 str(labeled_root / "val" / "cat")]) == 0  # fmt: skip
+    assert main(["visualize", "--checkpoint", ckpt, "--images", str(labeled_root / "val"),
+                 "--num-images", "2", "--out", str(tmp_path / "v.png")]) == 0  # fmt: skip
+
+
+@pytest.mark.slow
+def test_simmim_encoder_exports_as_timm_beit_and_hf_beitmodel(simmim_run, tmp_path):
+    import json
+
+    import timm
+    import transformers
+
+    from mimkit.cli import main
+
+    ckpt = str(simmim_run / "checkpoint-last.pth")
+    encoder, _ = model_from_checkpoint(ckpt, kind="encoder")
+    encoder.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = encoder.forward_features(x)
+    assert main(["export", "--checkpoint", ckpt, "--format", "timm", "--out",
+                 str(tmp_path / "timm") + "/"]) == 0  # fmt: skip
+    recipe = json.loads((tmp_path / "timm" / "model.json").read_text())
+    assert recipe["model_name"].startswith("beit_")
+    timm_model = timm.create_model(recipe["model_name"], pretrained=True,
+                                   pretrained_cfg_overlay=recipe["pretrained_cfg_overlay"],
+                                   **recipe["kwargs"]).eval()  # fmt: skip
+    assert main(["export", "--checkpoint", ckpt, "--format", "hf", "--out",
+                 str(tmp_path / "hf")]) == 0  # fmt: skip
+    hf = transformers.AutoModel.from_pretrained(str(tmp_path / "hf")).eval()
+    assert type(hf).__name__ == "BeitModel"
+    back, _ = model_from_checkpoint(str(tmp_path / "hf"), kind="encoder")
+    with torch.no_grad():
+        assert torch.allclose(timm_model.forward_features(x), ours, atol=1e-6)
+        assert torch.allclose(hf(pixel_values=x).last_hidden_state, ours, atol=1e-5)
+        assert torch.allclose(back.eval().forward_features(x), ours, atol=1e-6)

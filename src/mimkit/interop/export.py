@@ -27,22 +27,16 @@ def timm_recipe(model) -> dict:
 
     cfg = model.arch_config()
     size = _SIZES.get(cfg["embed_dim"], "base")
+    beit = "use_shared_rel_pos_bias" in cfg  # a BEiT-style encoder (SimMIM's): timm's Beit
+    family = "beit" if beit else "vit"
     # the closest registered name; every architecture argument is passed explicitly anyway
-    candidates = [f"vit_{size}_patch{cfg['patch_size']}_224", f"vit_{size}_patch16_224"]
-    name = next((n for n in candidates if timm.list_models(n)), "vit_base_patch16_224")
-    kwargs = {
-        k: cfg[k]
-        for k in (
-            "img_size",
-            "patch_size",
-            "embed_dim",
-            "depth",
-            "num_heads",
-            "mlp_ratio",
-            "num_classes",
-            "global_pool",
-        )
-    }
+    candidates = [f"{family}_{size}_patch{cfg['patch_size']}_224", f"{family}_base_patch16_224"]
+    name = next((n for n in candidates if timm.list_models(n)), f"{family}_base_patch16_224")
+    keys = ["img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
+            "num_classes", "global_pool"]  # fmt: skip
+    if beit:
+        keys += ["init_values", "use_abs_pos_emb", "use_rel_pos_bias", "use_shared_rel_pos_bias"]
+    kwargs = {k: cfg[k] for k in keys}
     kwargs["global_pool"] = kwargs["global_pool"] or "token"
     return {"model_name": name, "kwargs": kwargs}
 

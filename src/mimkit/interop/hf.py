@@ -79,7 +79,24 @@ _ENCODER = {
     "norm.bias": "layernorm.bias",
     "fc_norm.weight": "pooler.layernorm.weight",  # BEiT mean pooling: LayerNorm(mean(patches))
     "fc_norm.bias": "pooler.layernorm.bias",
+    # a BEiT-style encoder (SimMIM's): the relative position table shared by all blocks
+    "rel_pos_bias.relative_position_bias_table": (
+        "encoder.relative_position_bias.relative_position_bias_table"
+    ),
 }
+# A BEiT-style block's tensors that are not (weight, bias) pairs: split q/v biases, layer
+# scale, a per-block relative position table (our leaf -> the Hub layout's leaf).
+_BLOCK_BEIT = {
+    "attn.q_bias": "attention.attention.query.bias",
+    "attn.v_bias": "attention.attention.value.bias",
+    "gamma_1": "lambda_1",
+    "gamma_2": "lambda_2",
+    "attn.relative_position_bias_table": (
+        "attention.attention.relative_position_bias.relative_position_bias_table"
+    ),
+}
+_BEIT_OURS = re.compile(r"^blocks\.(\d+)\.(attn\.q_bias|attn\.v_bias|gamma_1|gamma_2|"
+                        r"attn\.relative_position_bias_table)$")  # fmt: skip
 # Tensors at the top of a task model (no root prefix): MAE decoder, classifier.
 _TOP = {
     "head.weight": "classifier.weight",
@@ -107,6 +124,11 @@ _V5_TO_HUB = (
 )
 # HF tensors with no counterpart that a mimkit model does not need (dropped, logged).
 _UNUSED = re.compile(r"(^|\.)(pooler\.dense\.|embeddings\.mask_token$|.*relative_position_index$)")
+# transformers 5's in-memory name of the shared table -> the Hub layout
+_V5_SHARED = (
+    re.compile(r"^((?:beit\.)?)shared_position_bias\."),
+    r"\1encoder.relative_position_bias.",
+)
 
 
 # ---------------------------------------------------------------------------- export
@@ -114,12 +136,15 @@ _UNUSED = re.compile(r"(^|\.)(pooler\.dense\.|embeddings\.mask_token$|.*relative
 
 def hf_architecture(model) -> str:
     """The transformers class that computes what ``model`` computes, or a UserError."""
+    from ..models.beit import BEiT
     from ..models.vit import VisionTransformer
 
     name = type(model).__name__
     method = method_for(model)
     if method is not None and method.hf_pretraining:
         return method.hf_pretraining
+    if type(model) is BEiT:  # SimMIM's encoder: transformers' BEiT computes it exactly
+        return "BeitForImageClassification" if model.num_classes else "BeitModel"
     if not isinstance(model, VisionTransformer):
         raise UserError(
             f"--format hf exports MAE and ViT models; {name} has no transformers "
@@ -217,6 +242,17 @@ def hf_config(model, arch: str, class_names: Sequence[str] | None = None) -> dic
             out["mask_ratio"] = 0.0  # a feature extractor: keep every patch
     elif arch.startswith("ViT"):
         out.update(model_type="vit", qkv_bias=True, encoder_stride=cfg["patch_size"])
+    elif "use_shared_rel_pos_bias" in cfg:  # a BEiT-style encoder
+        out.update(
+            model_type="beit",
+            use_absolute_position_embeddings=cfg["use_abs_pos_emb"],
+            use_relative_position_bias=cfg["use_rel_pos_bias"],
+            use_shared_relative_position_bias=cfg["use_shared_rel_pos_bias"],
+            use_mean_pooling=cfg["global_pool"] == "avg",
+            use_mask_token=False,
+            layer_scale_init_value=cfg["init_values"] or 0.0,
+            drop_path_rate=0.0,
+        )
     else:
         out.update(
             model_type="beit",
@@ -272,6 +308,8 @@ def _hf_name(key: str, root: str) -> str:
         return _TOP[key]
     if key in _ENCODER:
         return root + _ENCODER[key]
+    if m := _BEIT_OURS.match(key):
+        return f"{root}encoder.layer.{m[1]}.{_BLOCK_BEIT[m[2]]}"
     m = _BLOCK_OURS.match(key)
     if m and m[3] in _BLOCK:
         group, i, leaf, kind = m.groups()
@@ -332,6 +370,8 @@ def read_hf_folder(path: str | Path) -> Checkpoint:
     raw = _load_weights(path)
     sd = from_hf_state_dict(raw, path)
     name, args = _model_args(cfg, sd, path)
+    if name == "beit":
+        sd = split_qv_bias(sd)
     meta = {
         "model_name": name,
         "model_args": args,
@@ -348,7 +388,7 @@ def from_hf_state_dict(raw: dict[str, torch.Tensor], path="<memory>") -> dict:
     """Any of the three HF layouts (see top) -> our keys, ``q/k/v`` fused into ``qkv``."""
     sd, dropped = {}, []
     for key, value in raw.items():
-        for pattern, repl in _V5_TO_HUB:
+        for pattern, repl in (*_V5_TO_HUB, _V5_SHARED):
             key = pattern.sub(repl, key)
         ours = _our_name(key)
         if ours is not None:
@@ -365,6 +405,8 @@ def from_hf_state_dict(raw: dict[str, torch.Tensor], path="<memory>") -> dict:
 _OURS_TOP = {v: k for k, v in _TOP.items()}
 _OURS_ENCODER = {v: k for k, v in _ENCODER.items()}
 _OURS_BLOCK = {v: k for k, v in _BLOCK.items()}
+_OURS_BEIT = {v: k for k, v in _BLOCK_BEIT.items() if not k.endswith("_bias")}
+_BEIT_HF = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 
 
 def _our_name(key: str) -> str | None:
@@ -373,6 +415,8 @@ def _our_name(key: str) -> str | None:
     key = re.sub(r"^(vit|beit)\.", "", key)
     if key in _OURS_ENCODER:
         return _OURS_ENCODER[key]
+    if (m := _BEIT_HF.match(key)) and m[2] in _OURS_BEIT:
+        return f"blocks.{m[1]}.{_OURS_BEIT[m[2]]}"
     m = _BLOCK_HF.match(key)
     if m and m[3] in _OURS_BLOCK:
         group, i, leaf, kind = m.groups()
@@ -425,17 +469,8 @@ def _check_supported(cfg: dict, path: Path) -> None:
         )
     if cfg["model_type"] != "beit" and not cfg.get("qkv_bias", True):
         raise UserError(f"{where}: qkv_bias=false is not supported (mimkit's ViT has q/k/v biases)")
-    if cfg["model_type"] == "beit":
-        for key in ("use_relative_position_bias", "use_shared_relative_position_bias"):
-            if cfg.get(key):
-                raise UserError(f"{where}: {key}=true is not supported (no relative positions)")
-        if not cfg.get("use_absolute_position_embeddings"):
-            raise UserError(f"{where}: use_absolute_position_embeddings=false is not supported")
-        if cfg.get("layer_scale_init_value", 0.1) > 0:
-            raise UserError(
-                f"{where}: layer_scale_init_value={cfg.get('layer_scale_init_value', 0.1)} "
-                "is not supported (mimkit's ViT has no layer scale; 0 turns it off)"
-            )
+    # a BEiT folder with relative positions or layer scale loads into mimkit's BEiT
+    # (models.beit), one with neither into its ViT (mean pooling = fc_norm)
     eps = cfg.get("layer_norm_eps", 1e-12)
     if eps != LAYER_NORM_EPS:
         log.warning(
@@ -505,7 +540,37 @@ def _model_args(cfg: dict, sd: dict, path: Path) -> tuple[str, dict]:
     mean_pool = cfg["model_type"] == "beit" and cfg.get("use_mean_pooling", True)
     args["global_pool"] = "avg" if mean_pool else "token"
     args["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+    if _beit_style(cfg):
+        scale = cfg.get("layer_scale_init_value", 0.1)
+        return "beit", args | dict(
+            init_values=scale if scale and scale > 0 else None,
+            use_abs_pos_emb=bool(cfg.get("use_absolute_position_embeddings", False)),
+            use_rel_pos_bias=bool(cfg.get("use_relative_position_bias", False)),
+            use_shared_rel_pos_bias=bool(cfg.get("use_shared_relative_position_bias", False)),
+        )
     return "vit", args
+
+
+def _beit_style(cfg: dict) -> bool:
+    """A BEiT that mimkit's ViT cannot compute: relative positions, layer scale, or no
+    absolute position table."""
+    if cfg["model_type"] != "beit":
+        return False
+    return bool(
+        cfg.get("use_relative_position_bias")
+        or cfg.get("use_shared_relative_position_bias")
+        or not cfg.get("use_absolute_position_embeddings")
+        or (cfg.get("layer_scale_init_value", 0.1) or 0) > 0
+    )
+
+
+def split_qv_bias(sd: dict) -> dict:
+    """A fused ``qkv.bias`` (zero key third, as BEiT has none) -> ``q_bias`` / ``v_bias``."""
+    for key in [k for k in sd if k.endswith(".attn.qkv.bias")]:
+        q, _, v = sd.pop(key).chunk(3)
+        base = key[: -len("qkv.bias")]
+        sd[base + "q_bias"], sd[base + "v_bias"] = q, v
+    return sd
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
