@@ -67,7 +67,10 @@ def _inside(path: Path, folder: Path) -> bool:
 def _rename_repeats(run: Run) -> None:
     """Evaluation names as ``collect.read_evaluations`` gives them: the protocol, with the
     folder when two share one."""
-    names = [str(e.raw.get("protocol") or e.folder) for e in run.evaluations]
+    names = [
+        str(e.raw.get("protocol") or (e.folder if e.folder != "." else "run"))
+        for e in run.evaluations
+    ]
     for e, name in zip(run.evaluations, names):
         e.name = f"{name} ({e.folder})" if names.count(name) > 1 else name
 
