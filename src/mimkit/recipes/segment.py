@@ -475,7 +475,8 @@ def _finish(ctx: RunContext, task: _Task, model, spec: dict, val_src, fitted) ->
     last = task.last_metrics
     metrics = {"checkpoint": cfg.model.checkpoint or "none", "head": spec["head"]}
     metrics.update({k: last[k] for k in ("mIoU", "mAcc", "aAcc")} if last else {})
-    best_miou = fitted.best if math.isfinite(fitted.best) else None  # a resumed run's too
+    best_miou = dist.broadcast_object(fitted.best)  # rank 0 keeps it (a resumed run's too)
+    best_miou = best_miou if math.isfinite(best_miou) else None
     metrics.update(best_mIoU=best_miou, epochs=fitted.trainer.state.epoch)
     pictures, iou_plot = [], None
     if dist.is_main():
@@ -742,10 +743,8 @@ def _report(result: SegmentResult) -> str:
     if "mIoU" not in result.metrics:
         return f"no validation ran -> {result.out}"
     m = result.metrics
-    return (
-        f"mIoU {m['mIoU']:.2f}  mAcc {m['mAcc']:.2f}  aAcc {m['aAcc']:.2f}  "
-        f"(best mIoU {m['best_mIoU']:.2f}) -> {result.out}"
-    )
+    best = f"  (best mIoU {m['best_mIoU']:.2f})" if m.get("best_mIoU") is not None else ""
+    return f"mIoU {m['mIoU']:.2f}  mAcc {m['mAcc']:.2f}  aAcc {m['aAcc']:.2f}{best} -> {result.out}"
 
 
 RECIPE = register(
