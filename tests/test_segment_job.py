@@ -132,33 +132,35 @@ def test_position_table_fitted_to_a_non_square_crop_and_beit_refused(tmp_path):
     assert small(torch.randn(1, 3, 20, 28)).shape == (1, 3, 20, 28)
 
 
-def test_bad_masks_stop_the_run_before_training_with_one_line(mask_folder, tmp_path):
-    bad = tmp_path / "masks"
-    bad.mkdir()
-    for f in (mask_folder / "train" / "masks").iterdir():
-        bad.joinpath(f.name).write_bytes(f.read_bytes())
-    Image.fromarray(np.zeros((5, 7), np.uint8), mode="L").save(bad / "3.png")  # wrong size
+def test_bad_masks_stop_the_run_before_training_with_one_line(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        Image.fromarray(np.full((16, 24), i % 3, np.uint8), mode="L").save(masks / f"{i}.png")
+    (tmp_path / "classes.txt").write_text("sky\nroad\ncar\n")
+    Image.fromarray(np.zeros((5, 7), np.uint8), mode="L").save(masks / "3.png")  # wrong size
     out = tmp_path / "run"
     values = {
-        "segment.masks": str(bad),
-        "segment.classes": str(mask_folder / "classes.txt"),
+        "segment.masks": str(masks),
+        "segment.classes": str(tmp_path / "classes.txt"),
         "segment.val_split": 2,
         "segment.pixels": True,
         "segment.head": "linear",
     }
     with pytest.raises(UserError) as e:
-        mimkit.segment.train(TINY, data=mask_folder / "train" / "images", out=out, **values)
+        mimkit.segment.train(TINY, data=images, out=out, **values)
     text = str(e.value)
-    assert "\n" not in text and "3.png" in text and "7x5" in text
+    assert "\n" not in text and "3.png" in text and "7x5" in text and "24x16" in text
     assert not (out / "checkpoint-last.pth").exists()  # nothing trained
-    with Image.open(mask_folder / "train" / "images" / "3.png") as img:  # id 90 of 81 classes
-        size = (img.height, img.width)
-    Image.fromarray(np.full(size, 90, np.uint8), mode="L").save(bad / "3.png")
-    with pytest.raises(UserError, match=r"3\.png holds the value 90, beyond the 81 classes"):
-        mimkit.segment.train(TINY, data=mask_folder / "train" / "images", out=out, **values)
-    (bad / "3.png").unlink()
+    Image.fromarray(np.full((16, 24), 7, np.uint8), mode="L").save(masks / "3.png")
+    with pytest.raises(UserError, match=r"3\.png holds the value 7, beyond the 3 classes"):
+        mimkit.segment.train(TINY, data=images, out=out, **values)
+    (masks / "3.png").unlink()
     with pytest.raises(UserError, match=r"no mask for image .*3\.png"):
-        mimkit.segment.train(TINY, data=mask_folder / "train" / "images", out=out, **values)
+        mimkit.segment.train(TINY, data=images, out=out, **values)
 
 
 # ---------------------------------------------------------------------------- the job
