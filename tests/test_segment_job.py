@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,6 +260,8 @@ def test_python_linear_probe_on_a_mask_folder_keeps_the_backbone(mask_folder, ti
     assert len(rows) == 4 and all(
         set(r["classes"]) <= set(state["segmenter"]["classes"]) for r in rows
     )
+    one = result.predict([rows[0]["image"]])  # the result's own shortcut, into its folder
+    assert Path(one[0]["mask"]).parent == result.out / "predictions"
 
 
 @pytest.mark.slow
