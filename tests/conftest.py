@@ -1,11 +1,16 @@
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Caches (features, tensor caches, Arrow conversions) of this test session in a scratch
+# folder: nothing from an earlier run, or from a user's ~/.cache, can answer for a test.
+os.environ.setdefault("MIMKIT_CACHE", tempfile.mkdtemp(prefix="mimkit-test-cache-"))
 FIXTURES = Path(__file__).parent / "fixtures"
 CIFAR_MINI = ROOT / "examples" / "cifar10-mini"
 # The team's read-only data (official fixtures, CIFAR-10, COCO128): beside the checkout,

@@ -65,7 +65,7 @@ def test_knn_feature_cache_sees_edited_images(tmp_path, labeled_root, monkeypatc
 
     root = tmp_path / "data"
     shutil.copytree(labeled_root, root)
-    args = ["knn", "--checkpoint", "none", "--data", root, *TINY_VIT]
+    args = ["knn", "--checkpoint", "none", "--data", root, *TINY_VIT, "eval.baselines=false"]
     args += [f"eval.cache_dir={tmp_path / 'cache'}"]
     code, _, err = _run(capsys, *args, "--out", tmp_path / "k1")
     assert code == 0, err

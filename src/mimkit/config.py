@@ -37,7 +37,9 @@ class Choice(str, Enum):
 
 
 Precision = Choice("Precision", {v: v for v in ("auto", "fp32", "bf16", "fp16")})
-Pipeline = Choice("Pipeline", {v: v for v in ("files", "tensor_cache", "gpu_jpeg", "shards")})
+Pipeline = Choice(
+    "Pipeline", {v: v for v in ("auto", "files", "tensor_cache", "gpu_jpeg", "shards")}
+)
 Pool = Choice("Pool", {v: v for v in ("cls", "avg")})
 GlobalPool = Choice("GlobalPool", {v: v for v in ("avg", "token")})
 ProbeOptimizer = Choice("ProbeOptimizer", {v: v for v in ("lars", "sgd")})
@@ -73,7 +75,9 @@ class DataConfig:
     hflip: bool = True
     batch_size: int = 64  # per process
     num_workers: int = 8
-    pipeline: Pipeline = Pipeline.files  # files | tensor_cache | gpu_jpeg | shards
+    # auto: tensor_cache for small inputs (<= 64 px) where the method allows it, shards for
+    # shard data, else files | files | tensor_cache | gpu_jpeg | shards
+    pipeline: Pipeline = Pipeline.auto
     cache_dir: str | None = None  # tensor cache; default ~/.cache/mimkit/tensors
     cache_size: int | None = None  # stored image size for tensor_cache; default img_size
     num_samples: int | None = None  # samples in shard URLs without a shards.json (required)

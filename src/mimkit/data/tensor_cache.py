@@ -159,7 +159,12 @@ class TensorCacheLoader:
         scale=(0.2, 1.0),
         hflip: bool = True,
         drop_last: bool = True,
+        bad: list[str] = (),
     ):
+        # images the cache left out ('path (reason)'): named with each epoch's first batch,
+        # so a run counts them as the file pipeline does (skipped_images)
+        self.bad = [tuple(b.rsplit(" (", 1)) if " (" in b else (b, "") for b in bad]
+        self.bad = [(p, why.rstrip(")")) for p, why in self.bad]
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size, self.sampler, self.device = batch_size, sampler, device
@@ -180,4 +185,5 @@ class TensorCacheLoader:
             g = torch.Generator(device=self.device)
             g.manual_seed(sample_seed(self.sampler.seed, self.sampler.epoch, b))
             x = augment_batch(x, self.img_size, self.scale, self.hflip, generator=g)
-            yield {"image": x, "label": self.labels.index_select(0, idx), "bad": []}
+            bad = list(self.bad) if b == first else []
+            yield {"image": x, "label": self.labels.index_select(0, idx), "bad": bad}

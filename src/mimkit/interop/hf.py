@@ -371,6 +371,7 @@ def read_hf_folder(path: str | Path) -> Checkpoint:
     sd = from_hf_state_dict(raw, path)
     name, args = _model_args(cfg, sd, path)
     if name == "beit":
+        _check_beit_weights(args, sd, path)
         sd = split_qv_bias(sd)
     meta = {
         "model_name": name,
@@ -562,6 +563,27 @@ def _beit_style(cfg: dict) -> bool:
         or not cfg.get("use_absolute_position_embeddings")
         or (cfg.get("layer_scale_init_value", 0.1) or 0) > 0
     )
+
+
+def _check_beit_weights(args: dict, sd: dict, path: Path) -> None:
+    """One line naming the config key the weights contradict (an edited config.json)."""
+    where = path / CONFIG
+    tables = any(k.endswith("relative_position_bias_table") for k in sd)
+    if (args["use_rel_pos_bias"] or args["use_shared_rel_pos_bias"]) and not tables:
+        raise UserError(
+            f"{where}: use_(shared_)relative_position_bias=true but the weights hold no "
+            "relative position table: correct config.json (or re-export the folder)"
+        )
+    if args["init_values"] and "blocks.0.gamma_1" not in sd:
+        raise UserError(
+            f"{where}: layer_scale_init_value > 0 (layer scale) but the weights hold no "
+            "lambda_1 / lambda_2: set it to 0 in config.json (or re-export the folder)"
+        )
+    if not args["use_abs_pos_emb"] and "pos_embed" in sd:
+        raise UserError(
+            f"{where}: use_absolute_position_embeddings=false but the weights hold "
+            "embeddings.position_embeddings: correct config.json (or re-export the folder)"
+        )
 
 
 def split_qv_bias(sd: dict) -> dict:

@@ -43,6 +43,9 @@ class LoaderParts:
 
     transform: Callable | None = None
     pipelines: tuple[str, ...] = ALL_PIPELINES
+    # (n, generator, device) -> dict: per-batch entries of the device pipelines (which
+    # only crop and flip), e.g. masks beside the images
+    batch_extra: Callable | None = None
 
 
 @dataclass

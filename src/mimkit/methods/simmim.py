@@ -283,6 +283,17 @@ class MaskedImage:
         return {"image": self.crop(img), "mask": coarse_grid_mask(*self.args)}
 
 
+class BatchMasks:
+    """The device pipelines' masks: one official mask per image of a batch."""
+
+    def __init__(self, img_size: int, mask_patch_size: int, patch_size: int, ratio: float):
+        self.args = (img_size, mask_patch_size, patch_size, ratio)
+
+    def __call__(self, n: int, generator: torch.Generator, device) -> dict[str, torch.Tensor]:
+        masks = [coarse_grid_mask(*self.args, generator=generator) for _ in range(n)]
+        return {"mask": torch.stack(masks).to(device)}
+
+
 @register_method
 class SimMIMMethod(PretrainMethod):
     name = "simmim"
@@ -305,8 +316,8 @@ class SimMIMMethod(PretrainMethod):
     def loader_parts(self, model, crop) -> LoaderParts:
         a = model.arch_config()
         size = a["img_size"]
-        made = MaskedImage(crop, size, a["mask_patch_size"], a["patch_size"], a["mask_ratio"])
-        return LoaderParts(made, ("files", "shards"))
+        rule = (size, a["mask_patch_size"], a["patch_size"], a["mask_ratio"])
+        return LoaderParts(MaskedImage(crop, *rule), batch_extra=BatchMasks(*rule))
 
     def synthetic_batch(self, model, batch_size, device, generator) -> dict:
         a = model.arch_config()

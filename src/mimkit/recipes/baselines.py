@@ -66,7 +66,10 @@ def _sub_config(cfg, name: str, args: dict, out):
     model = replace(cfg.model, name=name, args=dict(args), checkpoint="none")
     pixels = name.startswith("raw_")
     ev = replace(cfg.eval, baselines=False, block=None if pixels else cfg.eval.block)
-    return replace(cfg, model=model, eval=ev, out=str(out), name=None)
+    sub = replace(cfg, model=model, eval=ev, out=str(out), name=None)
+    if pixels and hasattr(cfg, "linprobe"):  # pixels have no blocks: their one feature
+        sub = replace(sub, linprobe=replace(cfg.linprobe, n_last_blocks=1))
+    return sub
 
 
 def knn_floors(ctx, backbone: nn.Module) -> dict:

@@ -11,7 +11,7 @@ import torch
 
 from .. import config as config_lib
 from ..data import folder_source, open_splits
-from ..data.pipelines import build_pretrain_loader, open_pretrain_data
+from ..data.pipelines import build_pretrain_loader, open_pretrain_data, resolve_pipeline
 from ..data.transforms import eval_transform, pretrain_transform
 from ..engine.optim import adamw
 from ..errors import UserError
@@ -57,11 +57,13 @@ def pretrain_loader(cfg: config_lib.Config, data, device, model) -> object:
     crop = pretrain_transform(size, cfg.data.crop_min_scale, cfg.data.hflip)
     method = method_for(model)
     parts = method.loader_parts(model, crop)
-    if cfg.data.pipeline not in parts.pipelines:
+    why = resolve_pipeline(data, size, parts.pipelines)
+    if data.pipeline not in parts.pipelines:
         raise UserError(
             f"{method.name}'s loader makes its views on the CPU: data.pipeline must be one "
-            f"of {', '.join(parts.pipelines)}, not {cfg.data.pipeline}"
+            f"of {', '.join(parts.pipelines)}, not {data.pipeline}"
         )
+    log.info("data pipeline: %s (%s)", data.pipeline, why)
     return build_pretrain_loader(
         data,
         size,
@@ -74,6 +76,7 @@ def pretrain_loader(cfg: config_lib.Config, data, device, model) -> object:
         cfg.data.cache_dir,
         cfg.data.cache_size,
         transform=parts.transform,
+        batch_extra=parts.batch_extra,
     )
 
 
