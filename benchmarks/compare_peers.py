@@ -55,7 +55,8 @@ CASES = {
     "smoke": dict(img=32, patch=8, enc=(32, 1, 2), dec=(32, 1, 2), batch=4),
 }
 MIMKIT_PRESET = {"base": "mae_vit_base_patch16", "cifar": "mae_vit_tiny_cifar"}
-IMPLS = ["mimkit", "official", "official-sdpa", "transformers", "lightly"]
+IMPLS = ["mimkit", "mimkit-compile", "mimkit-autotune", "official", "official-sdpa"]
+IMPLS += ["transformers", "lightly"]
 PRECISIONS = ["fp32", "bf16"]
 LR, BETAS, WD, EPS = 1.5e-4, (0.9, 0.95), 0.05, 1e-6
 
@@ -81,7 +82,7 @@ def missing(impl: str, official: str | None) -> str | None:
 def build(impl: str, case: str, official: str | None):
     """(model, loss_fn(model, images) -> scalar, fused AdamW?) for one implementation."""
     c = CASES[case]
-    if impl == "mimkit":
+    if impl.startswith("mimkit"):
         return _mimkit(case), None, True
     if impl.startswith("official"):
         model = _official(official, c)
@@ -254,8 +255,14 @@ class Runner:
         g = torch.Generator().manual_seed(seed)
         self.images = torch.randn(c["batch"], 3, c["img"], c["img"], generator=g)
         self.trainers, self.index = {}, 0
-        if impl == "mimkit":
-            self.trainers = {p: self._trainer(p) for p in PRECISIONS}
+        if impl.startswith("mimkit"):
+            # mimkit-compile: the Trainer steps torch.compile(model), as train.compile=true
+            self.stepped = model
+            if impl.endswith("compile"):
+                self.stepped = torch.compile(model)
+            elif impl.endswith("autotune"):  # inductor's GEMM templates, tuned per shape
+                self.stepped = torch.compile(model, mode="max-autotune-no-cudagraphs")
+            self.trainers = {}
         else:
             groups = param_groups_weight_decay(model, WD)
             self.opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, fused=self.fused)
@@ -278,7 +285,7 @@ class Runner:
             out = tempfile.mkdtemp(prefix="mimkit-peers-")
             trainer = Trainer(
                 PretrainTask(),
-                self.model,
+                self.stepped,
                 self.opt,
                 loader,
                 _cpu(),
@@ -292,7 +299,7 @@ class Runner:
     def step(self, precision: str) -> None:
         import torch
 
-        if self.impl == "mimkit":
+        if self.impl.startswith("mimkit"):
             self.index += 1
             self._trainer(precision).step({"image": self.images}, index=self.index)
             return
@@ -337,7 +344,7 @@ def peak_rss_child(impl, prec, case, official, fused_peers, steps) -> dict:
         import transformers  # noqa: F401
     if impl == "lightly":
         import lightly  # noqa: F401
-    if impl == "mimkit":
+    if impl.startswith("mimkit"):
         import mimkit  # noqa: F401
     base = _peak_rss_mb()
     runner = Runner(impl, case, official, fused_peers)
@@ -451,7 +458,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps", type=int, default=2, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per round")
-    p.add_argument("--impls", nargs="+", choices=IMPLS, default=IMPLS)
+    default = [i for i in IMPLS if i not in ("mimkit-compile", "mimkit-autotune")]
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=default,
+                   help="mimkit-compile / mimkit-autotune (torch.compile, opt-in) are not "
+                   "in the default list: each compiles for about a minute on 2 cores")  # fmt: skip
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=PRECISIONS)
     p.add_argument("--fused-peers", action="store_true", help="fused AdamW for every peer")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")

@@ -698,3 +698,22 @@ def test_resuming_with_other_data_or_batch_size_says_it_is_not_exact(
     code, _, err = _run(capsys, *args[:3], "--epochs", 3, *TINY_MAE)  # same data: no note
     assert code == 0, err
     assert not [line for line in mimkit_log.lines if "not exact" in line], mimkit_log.text
+
+
+def test_unreadable_rows_are_named_by_index_not_bytes_in_the_pictures_step(mimkit_log, tmp_path):
+    """Issue item 9: rows of a table (Parquet) are encoded bytes; a corrupt one is named by
+    its position in the pictures step, never logged as its bytes."""
+    import io
+
+    from mimkit.methods import draw_picture
+
+    model = mimkit.create_model("mae_vit_tiny_cifar", embed_dim=32, depth=1, num_heads=2,
+                                decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
+    good = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(good, format="JPEG")
+    corrupt = b"\xff\xd8\xff" + bytes(range(256)) * 4  # a JPEG header, then garbage
+    picks = [good.getvalue(), corrupt, good.getvalue()]
+    draw_picture(model, picks, tmp_path / "r.png", None, 0, torch.device("cpu"))
+    lines = [x for x in mimkit_log.lines if "skipped unreadable image" in x]
+    assert lines and "image #1" in lines[0]
+    assert max(len(x) for x in mimkit_log.lines) < 300
