@@ -707,8 +707,15 @@ def test_unreadable_rows_are_named_by_index_not_bytes_in_the_pictures_step(mimki
 
     from mimkit.methods import draw_picture
 
-    model = mimkit.create_model("mae_vit_tiny_cifar", embed_dim=32, depth=1, num_heads=2,
-                                decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
+    model = mimkit.create_model(
+        "mae_vit_tiny_cifar",
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     good = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 10, 10)).save(good, format="JPEG")
     corrupt = b"\xff\xd8\xff" + bytes(range(256)) * 4  # a JPEG header, then garbage

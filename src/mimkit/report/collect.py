@@ -53,6 +53,7 @@ BOOKKEEPING = {
     "epochs",
     "temperature",
     "best_k",
+    "k_shown",
     "knn_k",
     "seed",
     "batch_size",
