@@ -41,14 +41,21 @@ RESULTS = Path(__file__).parent / "results" / "time_to_accuracy.jsonl"
 
 
 def run_mimkit(args, out: Path) -> tuple[list[tuple[float, Path]], dict]:
-    keys = {"train.save_every": 1, "eval.monitor": False, "data.num_workers": args.workers}
-    run = mimkit.pretrain(args.preset, data=str(Path(args.data) / "train"), out=str(out),
-                          time_budget=args.budget, **keys)  # fmt: skip
+    if args.mimkit_run:  # a finished run with train.save_every=1 (e.g. small_budget.py's)
+        from mimkit.config import load_config
+
+        out = Path(args.mimkit_run)
+        config = load_config(str(out / "config.yaml"))
+    else:
+        keys = {"train.save_every": 1, "eval.monitor": False, "data.num_workers": args.workers}
+        run = mimkit.pretrain(args.preset, data=str(Path(args.data) / "train"), out=str(out),
+                              time_budget=args.budget, **keys)  # fmt: skip
+        config = run.config
     snaps = []
     for ckpt in sorted(out.glob("checkpoint-0*.pth")):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         snaps.append((float(state["train_seconds"]), ckpt))
-    return snaps, run.config
+    return snaps, config
 
 
 def run_official(args, cfg, out: Path) -> list[tuple[float, Path]]:
@@ -146,6 +153,7 @@ def main() -> None:
     p.add_argument("--marks", default="5m,10m,15m")
     p.add_argument("--impls", default="mimkit,official")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--mimkit-run", help="reuse a finished mimkit run (train.save_every=1)")
     p.add_argument("--out", default="runs/time_to_accuracy")
     args = p.parse_args()
     out = Path(args.out) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -370,7 +370,7 @@ def _preset(tmp_path: Path, method: str) -> Path:
     """A tiny preset for ``method`` (its small CPU preset, shrunk)."""
     from mimkit.config import preset_path
 
-    base = yaml.safe_load(preset_path(f"{method}_vit_tiny_cifar").read_text())
+    base = yaml.safe_load(preset_path(f"{method}_vit_tiny_cpu").read_text())
     base["model"].setdefault("args", {}).update(embed_dim=32, depth=1, num_heads=2)
     base["data"].update(num_workers=0, batch_size=16)
     base.setdefault("train", {}).update(tensorboard=False, log_every=2)

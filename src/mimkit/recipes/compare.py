@@ -44,7 +44,7 @@ from .run import execute, planned_run_dir, resolve, start
 
 log = logging.getLogger("mimkit")
 
-SMALL_PRESET = "{}_vit_tiny_cifar"  # each method's small CPU preset, by name
+SMALL_PRESET = "{}_vit_tiny_cpu"  # each method's small-budget CPU preset, by name
 # keywords of mimkit.compare(...) -> compare.<key>
 API_KEYS = ("methods", "config_for", "time_budget", "epochs", "batch_size", "overrides")
 API_KEYS += ("eval_overrides", "linear_probe", "pictures")
