@@ -5,7 +5,10 @@ training images, never on the test split. Rows go to
 benchmarks/results/small_budget_sweep.jsonl; docs/BENCHMARKS.md says what moved the
 number and what did not.
 
-    # ROOT/train and ROOT/val: e.g. CIFAR-10's train split cut 45k / 5k
+    # ROOT/train and ROOT/val: CIFAR-10's train split cut 45k / 5k (10% of each class at
+    # random, seeded, as symlinks), then the sweep on it
+    python benchmarks/small_budget_sweep.py --make-split /tmp/cifar10/train \\
+        --data /tmp/cifar10_sweep
     python benchmarks/small_budget_sweep.py --data /tmp/cifar10_sweep --budget 4m \\
         --only mae_base,mae_small_dec
 """
@@ -131,6 +134,22 @@ def floors(args, out: Path) -> dict:
             "random_init": r["per_k"]["20"]["top1"]}  # fmt: skip
 
 
+def make_split(source: Path, root: Path, share: float = 0.1, seed: int = 0) -> None:
+    """ROOT/train and ROOT/val as symlinks to SOURCE's class folders: ``share`` of each
+    class's images (a seeded draw) in val, the rest in train."""
+    import random
+
+    rng = random.Random(seed)
+    for cls in sorted(d for d in source.iterdir() if d.is_dir()):
+        files = sorted(f for f in cls.iterdir() if f.is_file())
+        held = set(rng.sample(range(len(files)), round(share * len(files))))
+        for i, f in enumerate(files):
+            dst = root / ("val" if i in held else "train") / cls.name / f.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
+                dst.symlink_to(f.resolve())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="ROOT with train/ and val/ (from train)")
@@ -138,7 +157,12 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated variant names")
     p.add_argument("--floors", action="store_true", help="also the two floors")
     p.add_argument("--out", default="runs/small_budget_sweep")
+    p.add_argument("--make-split", metavar="SOURCE", help="cut SOURCE's class folders into "
+                   "--data/train and --data/val (10%% of each class), then stop")  # fmt: skip
     args = p.parse_args()
+    if args.make_split:
+        make_split(Path(args.make_split), Path(args.data))
+        return
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     out = Path(args.out) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     stamp = {"date": datetime.date.today().isoformat(), "data": args.data}

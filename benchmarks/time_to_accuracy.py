@@ -66,6 +66,7 @@ def run_official(args, cfg, out: Path) -> list[tuple[float, Path]]:
     from timm.optim import param_groups_weight_decay
 
     torch.manual_seed(cfg.train.seed)
+    out.mkdir(parents=True, exist_ok=True)
     a = cfg.model.args
     case = dict(img=cfg.data.img_size, patch=a.get("patch_size", 4),
                 enc=(a.get("embed_dim", 192), a.get("depth", 12), a.get("num_heads", 3)),
