@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import mimkit
@@ -194,3 +195,29 @@ def test_init_from_an_official_simmim_file_and_from_a_run(tmp_path, image_folder
             "train.tensorboard=false", "train.max_steps=1"]  # fmt: skip
     assert main([str(a) for a in args]) == 0
     assert (out / "checkpoint-last.pth").is_file()
+
+
+def test_floors_are_cached_by_protocol_and_data_content(tmp_path, tiny_mae_ckpt, labeled_root):
+    """A second evaluation on the same data and protocol reads its floors from the cache
+    (no baselines/ runs); another protocol setting or an edited image runs them again."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(labeled_root, data)
+    keys = {"eval.cache_dir": str(tmp_path / "cache"), "data.num_workers": 0}
+
+    def knn(name, **extra):
+        return mimkit.knn(str(tiny_mae_ckpt), data=str(data), out=str(tmp_path / name),
+                          **keys, **extra)  # fmt: skip
+
+    first = knn("first")
+    assert (tmp_path / "first" / "baselines" / "raw_pixels" / "metrics.json").is_file()
+    second = knn("second")
+    assert not (tmp_path / "second" / "baselines").exists()  # read, not run
+    assert second["baselines"] == first["baselines"]
+    knn("other_t", **{"eval.knn_temperature": 0.5})  # another protocol: its own floors
+    assert (tmp_path / "other_t" / "baselines" / "raw_pixels").is_dir()
+    val = sorted((data / "val" / "cat").iterdir())[0]
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(val, format="JPEG")  # edited data
+    knn("edited")
+    assert (tmp_path / "edited" / "baselines" / "random_init").is_dir()

@@ -61,7 +61,7 @@ def run(cfg: config_lib.Config, resume: Path | None = None) -> ClassifyResult:
         "num_train": n_train,
         "skipped_images": len(skipped),
     }
-    floors = knn_floors(ctx, getattr(model, "backbone", model))
+    floors = knn_floors(ctx, getattr(model, "backbone", model), splits)
     if floors:
         metrics["baselines"] = floors
     ctx.logger().write(
