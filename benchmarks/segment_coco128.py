@@ -25,13 +25,16 @@ import datetime
 import json
 import platform
 import shutil
-import tarfile
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-import mimkit
+sys.path.insert(0, str(Path(__file__).parent))
+from vitdet_coco128 import extract  # noqa: E402  (COCO128 from its tarball or folder)
+
+import mimkit  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CIFAR_MINI = Path(__file__).resolve().parents[1] / "examples" / "cifar10-mini" / "train"
@@ -69,18 +72,6 @@ PRETRAIN = {
     ),
 }
 COMMON = {"data.num_workers": 2, "train.tensorboard": False, "train.save_every": 1000}
-
-
-def extract(data: str, work: Path) -> tuple[Path, Path]:
-    path = Path(data)
-    root = path if path.is_dir() else work / "coco128"
-    if not path.is_dir() and not root.is_dir():
-        root.mkdir(parents=True)
-        with tarfile.open(path) as tar:
-            tar.extractall(root, filter="data")
-    ann = next(root.rglob("instances_train2017.json"))
-    images = next(p for p in root.rglob("train2017") if p.is_dir())
-    return images, ann
 
 
 def timed(steps: dict, name: str, fn, **kwargs):
